@@ -1,0 +1,1 @@
+"""Job specs, the ``unidiffuser-batch`` CLI, submission and scheduling."""

@@ -1,0 +1,57 @@
+"""The columns one record carries from reader to shard.
+
+Every stage is a 1:1 row map (nothing is dropped), so one record can be followed by its ``key`` from the
+reader to the writer. A record's ``unit`` is the output shard it belongs to; a unit is read as one block,
+processed as one block and committed as one shard, which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import pyarrow as pa
+
+# --- written by readers -------------------------------------------------------------------------------------
+KEY = "key"  # stable record key, unique within a job; carried to every output
+SOURCE = "source"  # where the record came from (file URI, or "count")
+UNIT = "unit"  # int: output shard index this record belongs to
+PROMPT = "prompt"  # input text (t2i, t2i2t), or None
+IMAGE_BYTES = "image_bytes"  # encoded input image (i2t, i2t2i), or None
+READ_ERROR = "read_error"  # reason the reader could not produce the input, or None
+
+# --- written by preprocess ----------------------------------------------------------------------------------
+SEED = "seed"  # int64 per-record seed derived from job seed + key
+PIXELS = "pixels"  # uint8 HxWx3 image at model resolution (decoded input), or None
+
+# --- written by the generate / score / filter stages ---------------------------------------------------------
+MODE = "mode"
+TEXT = "text"  # the text paired with the output image: the prompt (t2i) or the generated caption
+CAPTION = "caption"  # generated caption (i2t, joint, text, t2i2t), or None
+OUT_PIXELS = "out_pixels"  # uint8 HxWx3 output image, or None
+CLIP_SCORE = "clip_score"
+IMAGE_EMBEDDING = "img_emb"  # L2-normalised CLIP image embedding (float32 list)
+TEXT_EMBEDDING = "text_emb"  # L2-normalised CLIP text embedding (float32 list)
+STATUS = "status"  # Status value
+REASON = "reason"  # why a record was rejected or errored, or None
+MODEL_ID = "model_id"
+PARAMS = "params"  # JSON of the generation parameters
+
+
+class Status(str, Enum):
+    """Where a record ends: every input is exactly one of these."""
+
+    OK = "ok"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+READER_SCHEMA = pa.schema(
+    [
+        pa.field(KEY, pa.string(), nullable=False),
+        pa.field(SOURCE, pa.string(), nullable=False),
+        pa.field(UNIT, pa.int64(), nullable=False),
+        pa.field(PROMPT, pa.string()),
+        pa.field(IMAGE_BYTES, pa.binary()),
+        pa.field(READ_ERROR, pa.string()),
+    ]
+)

@@ -1,0 +1,199 @@
+"""Find and load a UniDiffuser checkpoint in the diffusers folder layout, from a local path or any fsspec URI.
+
+Remote checkpoints are copied once per machine into a local cache. The copy is made under a file lock into
+a temporary folder and renamed into place, so concurrent processes on one node never see a partial copy.
+Nothing here ever contacts a model hub.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import torch
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
+from safetensors.torch import load_file
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+    GPT2Tokenizer,
+)
+
+from unidiffuser.caption_decoder import CaptionDecoder
+from unidiffuser.uvit import UViT, UViTConfig
+
+COMPONENTS = (
+    "unet",
+    "vae",
+    "text_encoder",
+    "image_encoder",
+    "clip_image_processor",
+    "clip_tokenizer",
+    "text_decoder",
+    "text_tokenizer",
+    "scheduler",
+)
+_COMPLETE_MARKER = ".unidiffuser-complete"
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "pytorch_model.bin",
+)
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint location, component or file is missing or unusable."""
+
+
+def default_cache_dir() -> Path:
+    """``$UNIDIFFUSER_CACHE`` or ``~/.cache/unidiffuser-batch/checkpoints``."""
+    root = os.environ.get("UNIDIFFUSER_CACHE") or Path.home() / ".cache" / "unidiffuser-batch"
+    return Path(root) / "checkpoints"
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def resolve_checkpoint(
+    uri: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Path:
+    """Return a local folder holding the checkpoint, copying a remote one into the node-local cache once."""
+    uri = os.fspath(uri)
+    if _is_local(uri):
+        path = Path(uri.removeprefix("file://")).expanduser()
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint folder not found: {path}")
+        return path
+    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_root.mkdir(parents=True, exist_ok=True)
+    target = cache_root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
+    if (target / _COMPLETE_MARKER).exists():
+        return target
+    with open(cache_root / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / _COMPLETE_MARKER).exists():
+            return target
+        _download(uri, target, storage_options or {})
+    return target
+
+
+def _download(uri: str, target: Path, storage_options: dict[str, Any]) -> None:
+    fs, root = fsspec.core.url_to_fs(uri, **storage_options)
+    if not fs.isdir(root):
+        raise CheckpointError(f"checkpoint folder not found: {uri}")
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        fs.get(root.rstrip("/") + "/", str(staging), recursive=True)
+        (staging / _COMPLETE_MARKER).write_text(json.dumps({"uri": uri}))
+        if target.exists():  # a stale, incomplete copy from a crashed process
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _component_dir(root: Path, name: str) -> Path:
+    path = root / name
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint component '{name}' missing: expected folder {path}")
+    return path
+
+
+def _read_config(folder: Path, filename: str = "config.json") -> dict:
+    path = folder / filename
+    if not path.is_file():
+        raise CheckpointError(f"missing config file: {path}")
+    return json.loads(path.read_text())
+
+
+def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if path.is_file():
+            if path.suffix == ".safetensors":
+                return load_file(path)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def load_uvit(root: Path) -> UViT:
+    """The U-ViT from ``unet/`` (diffusers ``UniDiffuserModel`` layout)."""
+    folder = _component_dir(root, "unet")
+    model = UViT(UViTConfig.from_dict(_read_config(folder)))
+    model.load_state_dict(_load_weights(folder), strict=True)
+    return model
+
+
+def load_caption_decoder(root: Path) -> CaptionDecoder:
+    """The GPT-2 caption decoder from ``text_decoder/``."""
+    folder = _component_dir(root, "text_decoder")
+    model = CaptionDecoder(_read_config(folder))
+    model.load_state_dict(CaptionDecoder.clean_state_dict(_load_weights(folder)), strict=True)
+    model.transformer.tie_weights()
+    return model
+
+
+@dataclass
+class Components:
+    """Every part of a UniDiffuser checkpoint, loaded on CPU in float32."""
+
+    uvit: UViT
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    clip_tokenizer: CLIPTokenizer
+    image_encoder: CLIPVisionModelWithProjection
+    clip_image_processor: CLIPImageProcessor
+    text_decoder: CaptionDecoder
+    text_tokenizer: GPT2Tokenizer
+    scheduler_config: dict
+    path: Path
+
+    @property
+    def resolution(self) -> int:
+        """Image side in pixels that the U-ViT was trained for."""
+        return self.uvit.config.sample_size * self.vae_scale_factor
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_components(root: str | os.PathLike) -> Components:
+    """Load all components of the checkpoint folder ``root`` (already local: see ``resolve_checkpoint``)."""
+    root = Path(root)
+    for name in COMPONENTS:
+        _component_dir(root, name)
+    kwargs = {"local_files_only": True}
+    tokenizer = CLIPTokenizer.from_pretrained(root / "clip_tokenizer", **kwargs)
+    if tokenizer.model_max_length > 10_000:  # an unset max length: UniDiffuser is trained on 77 tokens
+        tokenizer.model_max_length = 77
+    scheduler_config = _read_config(root / "scheduler", "scheduler_config.json")
+    DPMSolverMultistepScheduler.from_config(scheduler_config)  # validate early
+    return Components(
+        uvit=load_uvit(root),
+        vae=AutoencoderKL.from_pretrained(root / "vae", **kwargs),
+        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", **kwargs),
+        clip_tokenizer=tokenizer,
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder", **kwargs),
+        clip_image_processor=CLIPImageProcessor.from_pretrained(root / "clip_image_processor", **kwargs),
+        text_decoder=load_caption_decoder(root),
+        text_tokenizer=GPT2Tokenizer.from_pretrained(root / "text_tokenizer", **kwargs),
+        scheduler_config=scheduler_config,
+        path=root,
+    )

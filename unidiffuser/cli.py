@@ -1,0 +1,122 @@
+"""``unidiffuser-engine``: the engine's own commands (no Ray): tiny checkpoints, conversion, sampling a folder.
+
+unidiffuser-engine tiny-checkpoint ./tiny --version 1
+unidiffuser-engine convert --uvit uvit_v1.pth ... --out ./unidiffuser-v1
+unidiffuser-engine sample ./tiny --out ./samples            # every mode, a few records each
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from unidiffuser.config import EngineConfig, Mode
+from unidiffuser.engine import UniDiffuserEngine
+from unidiffuser.results import Result
+from unidiffuser.tiny import write_tiny_checkpoint
+
+DEMO_PROMPTS = ["a red circle on a grey background", "a small blue square at the top left", "   "]
+
+
+def _tiny(args: argparse.Namespace) -> int:
+    path = write_tiny_checkpoint(args.out, version=args.version, seed=args.seed)
+    print(f"tiny v{args.version} checkpoint written to {path}")
+    return 0
+
+
+def _save(result: Result, folder: Path, name: str) -> dict:
+    entry: dict = {"name": name, "error": result.error, "flags": result.flags, "text": result.text}
+    images = ([result.image] if result.image is not None else []) + list(result.frames or [])
+    for hop_index, hop in enumerate(result.hops or []):
+        if hop.image is not None:
+            images.append(hop.image)
+        entry.setdefault("hops", []).append(hop.text if hop.text is not None else f"image {hop_index}")
+    entry["images"] = []
+    for i, image in enumerate(images):
+        path = folder / f"{name}-{i}.png"
+        Image.fromarray(image).save(path)
+        entry["images"].append(path.name)
+    return entry
+
+
+def _sample(args: argparse.Namespace) -> int:
+    config = EngineConfig.build(
+        steps=args.steps, guidance_scale=args.guidance, device=args.device, dtype=args.dtype
+    )
+    engine = UniDiffuserEngine.from_pretrained(args.checkpoint, config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (engine.resolution, engine.resolution, 3), dtype=np.uint8)
+    other = np.ascontiguousarray(image[::-1])
+    calls = {
+        Mode.T2I: lambda: engine.t2i(DEMO_PROMPTS, seeds=[1, 2, 3]),
+        Mode.I2T: lambda: engine.i2t([image, b"not an image"], seeds=[1, 2]),
+        Mode.JOINT: lambda: engine.joint(seeds=[1, 2]),
+        Mode.IMAGE: lambda: engine.image(seeds=[1]),
+        Mode.TEXT: lambda: engine.text(seeds=[1]),
+        Mode.I2T2I: lambda: engine.i2t2i([image], seeds=[1]),
+        Mode.T2I2T: lambda: engine.t2i2t(DEMO_PROMPTS[:1], seeds=[1]),
+        Mode.CHAIN: lambda: engine.chain([image, DEMO_PROMPTS[0]], seeds=[1, 2], hops=3),
+        Mode.INTERPOLATE: lambda: engine.interpolate([(image, other)], seeds=[1], frames=4),
+    }
+    selected = [Mode(m) for m in args.modes] if args.modes else list(calls)
+    report = {}
+    for mode in selected:
+        results = calls[mode]()
+        report[mode.value] = [_save(r, out, f"{mode.value}-{i}") for i, r in enumerate(results)]
+        ok = sum(r.ok for r in results)
+        print(
+            f"{mode.value:12s} {ok}/{len(results)} ok"
+            + "".join(f"  [{r.error}]" for r in results if not r.ok)
+        )
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    print(f"results in {out}/results.json")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unidiffuser-engine", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser(
+        "tiny-checkpoint", help="write a tiny random checkpoint (diffusers layout), offline"
+    )
+    tiny.add_argument("out", help="output folder")
+    tiny.add_argument("--version", type=int, choices=(0, 1), default=1)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_tiny)
+
+    sample = sub.add_parser("sample", help="run every mode on a few built-in inputs and save the results")
+    sample.add_argument("checkpoint", help="checkpoint folder or fsspec URI")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--modes", nargs="*", choices=[m.value for m in Mode])
+    sample.add_argument("--steps", type=int, default=20)
+    sample.add_argument("--guidance", type=float, default=7.0)
+    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    sample.set_defaults(func=_sample)
+
+    try:
+        from unidiffuser.convert import build_convert_parser, run_convert
+    except ImportError:  # pragma: no cover - the converter module is part of the package
+        pass
+    else:
+        convert = sub.add_parser("convert", help="convert original thu-ml .pth files to the diffusers layout")
+        build_convert_parser(convert)
+        convert.set_defaults(func=run_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Encoders and decoders around the U-ViT: prompts -> text latents, images <-> (VAE, CLIP) latents,
+text latents -> captions. Batched; every random draw (the VAE posterior) goes through the record noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unidiffuser.checkpoint import Components
+from unidiffuser.noise import NoiseSource
+
+
+class Codecs:
+    """The non-diffusion parts of a checkpoint, on one device and dtype."""
+
+    def __init__(self, components: Components, *, device: torch.device, dtype: torch.dtype):
+        self.c = components
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return int(self.c.clip_tokenizer.model_max_length)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
+        """Text latents (B, 77, text_dim) and, per prompt, whether it was cut to the CLIP context length."""
+        tokenizer = self.c.clip_tokenizer
+        limit = self.max_prompt_tokens
+        full_lengths = [len(ids) for ids in tokenizer(prompts, truncation=False).input_ids]
+        ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+        hidden = self.c.text_encoder(ids.input_ids.to(self.device))[0]
+        latents = self.c.text_decoder.encode(hidden.to(self.dtype))
+        return latents.float(), [n > limit for n in full_lengths]
+
+    @torch.no_grad()
+    def encode_images(
+        self, pixels: list[np.ndarray], noise: NoiseSource
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(VAE latents (B, C, h, w) sampled from the posterior, CLIP image embeddings (B, 1, d))."""
+        batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255.0
+        batch = (batch * 2.0 - 1.0).to(self.device, self.dtype)
+        posterior = self.c.vae.encode(batch).latent_dist
+        eps = noise.draw(tuple(posterior.mean.shape[1:])).to(posterior.mean.dtype)
+        img_vae = (posterior.mean + posterior.std * eps) * self.c.vae.config.scaling_factor
+        clip_inputs = self.c.clip_image_processor(
+            images=[Image.fromarray(p) for p in pixels], return_tensors="pt"
+        )
+        embeds = self.c.image_encoder(
+            pixel_values=clip_inputs.pixel_values.to(self.device, self.dtype)
+        ).image_embeds
+        return img_vae.float(), embeds.unsqueeze(1).float()
+
+    @torch.no_grad()
+    def decode_images(self, img_vae: torch.Tensor) -> list[np.ndarray]:
+        """VAE latents -> uint8 (H, W, 3) images."""
+        vae = self.c.vae
+        decoded = vae.decode((img_vae / vae.config.scaling_factor).to(self.dtype), return_dict=False)[0]
+        images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        return list((images * 255).round().astype(np.uint8))
+
+    @torch.no_grad()
+    def decode_captions(self, text: torch.Tensor, *, num_beams: int, max_new_tokens: int) -> list[str]:
+        """Text latents -> captions, one batched beam search."""
+        tokenizer = self.c.text_tokenizer
+        tokens = self.c.text_decoder.generate(
+            text.to(self.dtype),
+            eos_token_id=tokenizer.eos_token_id,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+        )
+        return [s.strip() for s in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
