@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from unidiffuser.config import EngineConfig, Mode
+from unidiffuser.convert import build_convert_parser, run_convert
 from unidiffuser.engine import UniDiffuserEngine
 from unidiffuser.results import Result
 from unidiffuser.tiny import write_tiny_checkpoint
@@ -102,14 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     sample.set_defaults(func=_sample)
 
-    try:
-        from unidiffuser.convert import build_convert_parser, run_convert
-    except ImportError:  # pragma: no cover - the converter module is part of the package
-        pass
-    else:
-        convert = sub.add_parser("convert", help="convert original thu-ml .pth files to the diffusers layout")
-        build_convert_parser(convert)
-        convert.set_defaults(func=run_convert)
+    convert = sub.add_parser("convert", help="convert original thu-ml .pth files to the diffusers layout")
+    build_convert_parser(convert)
+    convert.set_defaults(func=run_convert)
     return parser
 
 

@@ -18,6 +18,12 @@ class Codecs:
         self.c = components
         self.device = device
         self.dtype = dtype
+        # CPU convolution kernels are chosen by batch size, which changes results in the last bits: on CPU the
+        # convolutional parts (VAE, CLIP patch embedding) run record by record so outputs never depend on the batch.
+        self.conv_chunk = 1 if device.type == "cpu" else 1 << 30
+
+    def _chunked(self, fn, batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fn(part) for part in batch.split(self.conv_chunk)])
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -56,7 +62,8 @@ class Codecs:
     def decode_images(self, img_vae: torch.Tensor) -> list[np.ndarray]:
         """VAE latents -> uint8 (H, W, 3) images."""
         vae = self.c.vae
-        decoded = vae.decode((img_vae / vae.config.scaling_factor).to(self.dtype), return_dict=False)[0]
+        latents = (img_vae / vae.config.scaling_factor).to(self.dtype)
+        decoded = self._chunked(lambda z: vae.decode(z, return_dict=False)[0], latents)
         images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return list((images * 255).round().astype(np.uint8))
 

@@ -195,9 +195,9 @@ MODEL_INDEX = {
     "clip_tokenizer": ["transformers", "CLIPTokenizer"],
     "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
     "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
-    "text_decoder": ["unidiffuser", "UniDiffuserTextDecoder"],
+    "text_decoder": ["diffusers", "UniDiffuserTextDecoder"],
     "text_encoder": ["transformers", "CLIPTextModel"],
     "text_tokenizer": ["transformers", "GPT2Tokenizer"],
-    "unet": ["unidiffuser", "UniDiffuserModel"],
+    "unet": ["diffusers", "UniDiffuserModel"],
     "vae": ["diffusers", "AutoencoderKL"],
 }

@@ -78,6 +78,19 @@ class UViTConfig:
         return (self.sample_size // self.patch_size) ** 2
 
 
+def row_stable_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for inputs with one row per record (CLIP token, timestep MLP).
+
+    On CPU, BLAS picks different kernels for different row counts (a single row takes a matrix-vector path),
+    so a record's result would change in the last bits with the batch size. There this computes the same
+    product as a broadcast multiply and sum, whose reduction order depends only on the feature size.
+    """
+    if x.device.type != "cpu":
+        return layer(x)
+    out = (x.unsqueeze(-2) * layer.weight).sum(-1)
+    return out + layer.bias if layer.bias is not None else out
+
+
 def sinusoidal_timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     """Cos-first sinusoidal embedding of per-sample timesteps (diffusers ``Timesteps(flip_sin_to_cos=True)``)."""
     half = dim // 2
@@ -98,18 +111,27 @@ class TimestepMLP(nn.Module):
         self.linear_2 = nn.Linear(4 * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
+        return row_stable_linear(self.linear_2, F.silu(row_stable_linear(self.linear_1, x)))
 
 
 class PatchEmbed(nn.Module):
-    """Latent image (B, C, H, W) to patch tokens (B, N, D)."""
+    """Latent image (B, C, H, W) to patch tokens (B, N, D).
+
+    The weights are a strided convolution's (checkpoint layout); the computation is the equivalent matmul
+    over unfolded patches, whose per-row results do not depend on the batch size (CPU convolution kernels do).
+    """
 
     def __init__(self, in_channels: int, dim: int, patch_size: int):
         super().__init__()
+        self.patch_size = patch_size
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        batch, channels, height, width = x.shape
+        p = self.patch_size
+        patches = x.reshape(batch, channels, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(batch, (height // p) * (width // p), channels * p * p)
+        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 class Attention(nn.Module):
@@ -295,17 +317,14 @@ class UViT(nn.Module):
                 raise ValueError("this checkpoint (v1) needs data_type (0 or 1)")
             tokens.append(self.data_type_token_embedding(data_type.expand(batch).long()).unsqueeze(1))
             pos = torch.cat([pos[:, :2], self.data_type_pos_embed_token, pos[:, 2:]], dim=1)
-        tokens += [self.text_in(text), self.clip_img_in(img_clip), patches]
+        tokens += [self.text_in(text), row_stable_linear(self.clip_img_in, img_clip), patches]
         x = self.transformer(torch.cat(tokens, dim=1) + pos)
 
         num_text, num_patches = text.shape[1], patches.shape[1]
         x = x[:, len(tokens) - 3 :]
         text_out, clip_out, vae_out = x.split((num_text, 1, num_patches), dim=1)
-        return (
-            self._unpatchify(self.vae_img_out(vae_out)),
-            self.clip_img_out(clip_out),
-            self.text_out(text_out),
-        )
+        clip_out = row_stable_linear(self.clip_img_out, clip_out)
+        return self._unpatchify(self.vae_img_out(vae_out)), clip_out, self.text_out(text_out)
 
     def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         p, c = self.config.patch_size, self.config.out_channels
