@@ -92,6 +92,24 @@ def resolve_checkpoint(
     return target
 
 
+def read_checkpoint_resolution(
+    uri: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+) -> int:
+    """The checkpoint's image side in pixels, from its unet and vae configs only (no weights are copied)."""
+    uri = os.fspath(uri)
+    fs, root = fsspec.core.url_to_fs(
+        uri.removeprefix("file://") if _is_local(uri) else uri, **(storage_options or {})
+    )
+    configs = {}
+    for name in ("unet", "vae"):
+        path = f"{root.rstrip('/')}/{name}/config.json"
+        if not fs.exists(path):
+            raise CheckpointError(f"missing config file: {uri.rstrip('/')}/{name}/config.json")
+        with fs.open(path, "rb") as f:
+            configs[name] = json.load(f)
+    return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+
+
 def _download(uri: str, target: Path, storage_options: dict[str, Any]) -> None:
     fs, root = fsspec.core.url_to_fs(uri, **storage_options)
     if not fs.isdir(root):

@@ -47,15 +47,15 @@ class Codecs:
         """(VAE latents (B, C, h, w) sampled from the posterior, CLIP image embeddings (B, 1, d))."""
         batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255.0
         batch = (batch * 2.0 - 1.0).to(self.device, self.dtype)
-        posterior = self.c.vae.encode(batch).latent_dist
-        eps = noise.draw(tuple(posterior.mean.shape[1:])).to(posterior.mean.dtype)
-        img_vae = (posterior.mean + posterior.std * eps) * self.c.vae.config.scaling_factor
-        clip_inputs = self.c.clip_image_processor(
-            images=[Image.fromarray(p) for p in pixels], return_tensors="pt"
-        )
-        embeds = self.c.image_encoder(
-            pixel_values=clip_inputs.pixel_values.to(self.device, self.dtype)
-        ).image_embeds
+        moments = self._chunked(lambda x: self.c.vae.encode(x).latent_dist.parameters, batch)
+        mean, logvar = moments.chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # as diffusers' DiagonalGaussianDistribution
+        eps = noise.draw(tuple(mean.shape[1:])).to(mean.dtype)
+        img_vae = (mean + std * eps) * self.c.vae.config.scaling_factor
+        images = [Image.fromarray(p) for p in pixels]
+        pixel_values = self.c.clip_image_processor(images=images, return_tensors="pt").pixel_values
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        embeds = self._chunked(lambda x: self.c.image_encoder(pixel_values=x).image_embeds, pixel_values)
         return img_vae.float(), embeds.unsqueeze(1).float()
 
     @torch.no_grad()

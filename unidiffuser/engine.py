@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from unidiffuser import modes
-from unidiffuser.checkpoint import Components, load_components, resolve_checkpoint
+from unidiffuser.checkpoint import Components, load_components, read_checkpoint_resolution, resolve_checkpoint
 from unidiffuser.codecs import Codecs
 from unidiffuser.config import EngineConfig, EngineConfigError, Mode
 from unidiffuser.inputs import InputError, check_prompt, prepare_image
@@ -64,8 +64,15 @@ class UniDiffuserEngine:
     ) -> UniDiffuserEngine:
         """Load a diffusers-layout checkpoint from a local folder or any fsspec URI (cached once per node)."""
         if overrides:
-            base = config.model_dump() if config else {}
-            config = EngineConfig.build(**{**base, **overrides})
+            values = {**(config.model_dump() if config else {}), **overrides}
+            try:
+                config = EngineConfig.build(**values)
+            except EngineConfigError as exc:
+                raise EngineConfigError(
+                    "; ".join(
+                        [str(exc), *_resolution_problem(uri, values.get("resolution"), storage_options)]
+                    )
+                ) from None
         path = resolve_checkpoint(uri, cache_dir=cache_dir, storage_options=storage_options)
         return cls(load_components(path), config)
 
@@ -253,8 +260,12 @@ class UniDiffuserEngine:
     ) -> list[Result]:
         """Jump between modalities ``hops`` times (a string starts from text, anything else from an image);
         ``Result.hops`` holds every hop decoded, ``Result.image``/``text`` the last of each."""
-        hops = hops or self.config.chain_hops
+        hops = self.config.chain_hops if hops is None else hops
+        if hops < 1:
+            raise ValueError(f"chain needs hops >= 1, got {hops}")
         seeds = list(range(len(inputs))) if seeds is None else list(seeds)
+        if len(seeds) != len(inputs):
+            raise ValueError(f"got {len(inputs)} inputs but {len(seeds)} seeds")
         results: list[Result | None] = [None] * len(inputs)
         from_text = [i for i, x in enumerate(inputs) if isinstance(x, str)]
         from_image = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
@@ -300,7 +311,9 @@ class UniDiffuserEngine:
 
         Method: both images are DDIM-inverted to noise, conditioned on their own caption latents (from i2t);
         frame w slerps the two noises, lerps the two caption latents and DDIM-samples t2i from there."""
-        frames = frames or self.config.interpolation_frames
+        frames = self.config.interpolation_frames if frames is None else frames
+        if frames < 2:
+            raise ValueError(f"interpolate needs frames >= 2 (both ends included), got {frames}")
         weights = [i / (frames - 1) for i in range(frames)]
 
         def prepare(pair: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -330,6 +343,21 @@ class UniDiffuserEngine:
         if inputs is None:
             raise ValueError(f"mode {mode.value} needs inputs")
         return getattr(self, mode.value)(inputs, seeds)
+
+
+def _resolution_problem(uri: str | os.PathLike, resolution: Any, storage_options: dict | None) -> list[str]:
+    """The checkpoint-dependent resolution check, from config files only (for reporting with field errors)."""
+    if not isinstance(resolution, int):
+        return []
+    try:
+        expected = read_checkpoint_resolution(uri, storage_options=storage_options)
+    except (OSError, KeyError, ValueError):
+        return []
+    return (
+        []
+        if expected == resolution
+        else [f"resolution {resolution} does not match the checkpoint ({expected} px)"]
+    )
 
 
 def _chain_result(hops: list[Result], flags: list[str]) -> Result:

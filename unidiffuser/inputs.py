@@ -132,6 +132,9 @@ def prepare_image(
     image = decode_image(data, max_pixels=max_pixels)
     if min(image.size) < min_side:
         raise InputError(f"image too small: {image.size[0]}x{image.size[1]} (minimum side {min_side} px)")
-    rgb, flags = to_rgb(image)
-    fitted, resize_flags = resize_center_crop(rgb, resolution)
+    try:
+        rgb, flags = to_rgb(image)
+        fitted, resize_flags = resize_center_crop(rgb, resolution)
+    except (ValueError, OSError) as exc:  # e.g. a colour mode PIL cannot convert
+        raise InputError(f"unconvertible image ({image.mode}): {exc}") from None
     return PreparedImage(np.asarray(fitted, dtype=np.uint8).copy(), flags + resize_flags)

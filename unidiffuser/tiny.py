@@ -14,7 +14,9 @@ import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 from safetensors.torch import save_file
 from transformers import (
+    CLIPConfig,
     CLIPImageProcessor,
+    CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
@@ -186,6 +188,24 @@ def write_tiny_checkpoint(path: str | os.PathLike, *, version: int = 1, seed: in
     config = {"_class_name": "DPMSolverMultistepScheduler", **scheduler_config()}
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2))
     (root / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    return root
+
+
+def write_tiny_clip(path: str | os.PathLike, *, seed: int = 0) -> Path:
+    """A tiny random CLIP (text + vision towers) in the openai/clip-vit-* folder layout, for scoring tests."""
+    root = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2}  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        root
+    )
     return root
 
 

@@ -74,6 +74,11 @@ class UViTConfig:
         return self.num_attention_heads * self.attention_head_dim
 
     @property
+    def num_blocks(self) -> int:
+        """num_layers // 2 in blocks, one mid block, num_layers // 2 out blocks (diffusers' convention)."""
+        return 2 * (self.num_layers // 2) + 1
+
+    @property
     def num_patches(self) -> int:
         return (self.sample_size // self.patch_size) ** 2
 
@@ -344,4 +349,4 @@ class UViT(nn.Module):
         skips = (cfg.num_layers // 2) * 2 * tokens * 2 * dim * dim
         io = 2 * cfg.num_patches * dim * (cfg.in_channels * cfg.patch_size**2) * 2
         io += 2 * cfg.num_text_tokens * dim * cfg.text_dim * 2 + 2 * dim * cfg.clip_img_dim * 2
-        return batch * (cfg.num_layers * per_block + skips + io)
+        return batch * (cfg.num_blocks * per_block + skips + io)
