@@ -21,13 +21,14 @@ READ_ERROR = "read_error"  # reason the reader could not produce the input, or N
 
 # --- written by preprocess ----------------------------------------------------------------------------------
 SEED = "seed"  # int64 per-record seed derived from job seed + key
-PIXELS = "pixels"  # uint8 HxWx3 image at model resolution (decoded input), or None
+PIXELS = "pixels"  # raw RGB bytes of the input at model resolution (see stages/pixels.py), or None
+FLAGS = "flags"  # list of what was done to the input on the way (converted_from_RGBA, prompt_truncated, ...)
 
 # --- written by the generate / score / filter stages ---------------------------------------------------------
 MODE = "mode"
 TEXT = "text"  # the text paired with the output image: the prompt (t2i) or the generated caption
 CAPTION = "caption"  # generated caption (i2t, joint, text, t2i2t), or None
-OUT_PIXELS = "out_pixels"  # uint8 HxWx3 output image, or None
+OUT_PIXELS = "out_pixels"  # raw RGB bytes of the output image (square), or None
 CLIP_SCORE = "clip_score"
 IMAGE_EMBEDDING = "img_emb"  # L2-normalised CLIP image embedding (float32 list)
 TEXT_EMBEDDING = "text_emb"  # L2-normalised CLIP text embedding (float32 list)
@@ -35,6 +36,12 @@ STATUS = "status"  # Status value
 REASON = "reason"  # why a record was rejected or errored, or None
 MODEL_ID = "model_id"
 PARAMS = "params"  # JSON of the generation parameters
+
+# --- written by the writers (output shard columns, see pipelines/writers) -----------------------------------
+IMAGE = "image"  # encoded output image bytes, or None for text-only outputs
+IMAGE_FORMAT = "image_format"  # "jpg", "png" or "webp", or None
+WIDTH = "width"
+HEIGHT = "height"
 
 
 class Status(str, Enum):

@@ -1,0 +1,61 @@
+"""A unit's CLIP embeddings in clip-retrieval's ``clip_inference`` layout.
+
+``img_emb/img_emb_{unit}.npy`` and ``text_emb/text_emb_{unit}.npy`` hold float32 ``[n, d]`` matrices and
+``metadata/metadata_{unit}.parquet`` holds ``image_path``, ``caption`` (the ``text`` paired with the image)
+and ``key``: row ``i`` of every file describes the same record, as autofaiss and clip-retrieval expect.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines import records as r
+
+METADATA_SCHEMA = pa.schema(
+    [pa.field("image_path", pa.string()), pa.field("caption", pa.string()), pa.field(r.KEY, pa.string())]
+)
+
+
+def embedding_matrix(rows: Sequence[Mapping[str, Any]], column: str) -> np.ndarray | None:
+    """The float32 ``[n, d]`` matrix of ``column`` over ``rows``, or None when no row has it.
+
+    Raises ValueError when only some rows have it or dimensions differ: the npy rows must stay aligned
+    with the metadata rows.
+    """
+    values = [row.get(column) for row in rows]
+    missing = sum(v is None for v in values)
+    if missing == len(values):
+        return None
+    if missing:
+        raise ValueError(
+            f"{missing} of {len(values)} written records have no {column}; cannot align embeddings"
+        )
+    vectors = [np.asarray(v, dtype=np.float32).reshape(-1) for v in values]
+    dims = {v.shape[0] for v in vectors}
+    if len(dims) != 1:
+        raise ValueError(f"{column} dimensions differ within a unit: {sorted(dims)}")
+    return np.stack(vectors)
+
+
+def metadata_table(rows: Sequence[Mapping[str, Any]], image_paths: Sequence[str]) -> pa.Table:
+    """The metadata rows aligned with the embedding matrices."""
+    return pa.table(
+        {
+            "image_path": pa.array(list(image_paths), pa.string()),
+            "caption": pa.array([row.get(r.TEXT) for row in rows], pa.string()),
+            r.KEY: pa.array([row.get(r.KEY) for row in rows], pa.string()),
+        },
+        schema=METADATA_SCHEMA,
+    )
+
+
+def npy_bytes(matrix: np.ndarray) -> bytes:
+    """``matrix`` in ``.npy`` format."""
+    buffer = io.BytesIO()
+    np.save(buffer, matrix, allow_pickle=False)
+    return buffer.getvalue()

@@ -1,0 +1,81 @@
+"""Parquet files of a unit: the output shard, and the rejected and errored records.
+
+Rows are plain dicts keyed by ``records`` column names (see ``unit_writer``); a missing key is null.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import records as r
+
+_EMBEDDING = pa.list_(pa.float32())
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field(r.KEY, pa.string(), nullable=False),
+        pa.field(r.SOURCE, pa.string()),
+        pa.field(r.MODE, pa.string()),
+        pa.field(r.PROMPT, pa.string()),
+        pa.field(r.TEXT, pa.string()),
+        pa.field(r.CAPTION, pa.string()),
+        pa.field(r.IMAGE, pa.binary()),
+        pa.field(r.IMAGE_FORMAT, pa.string()),
+        pa.field(r.WIDTH, pa.int32()),
+        pa.field(r.HEIGHT, pa.int32()),
+        pa.field(r.CLIP_SCORE, pa.float64()),
+        pa.field(r.SEED, pa.int64()),
+        pa.field(r.MODEL_ID, pa.string()),
+        pa.field(r.PARAMS, pa.string()),
+        pa.field(r.IMAGE_EMBEDDING, _EMBEDDING),
+        pa.field(r.TEXT_EMBEDDING, _EMBEDDING),
+    ]
+)
+"""An output shard: one row per written record; image columns are null for text-only outputs."""
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field(r.KEY, pa.string(), nullable=False),
+        pa.field(r.SOURCE, pa.string()),
+        pa.field(r.MODE, pa.string()),
+        pa.field(r.PROMPT, pa.string()),
+        pa.field(r.TEXT, pa.string()),
+        pa.field(r.CAPTION, pa.string()),
+        pa.field(r.CLIP_SCORE, pa.float64()),
+        pa.field(r.REASON, pa.string()),
+        pa.field(r.IMAGE, pa.binary()),
+        pa.field(r.IMAGE_FORMAT, pa.string()),
+        pa.field(r.SEED, pa.int64()),
+    ]
+)
+"""Records the filter rejected, with their image so a user can look at what was thrown away."""
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field(r.KEY, pa.string(), nullable=False),
+        pa.field(r.SOURCE, pa.string()),
+        pa.field(r.MODE, pa.string()),
+        pa.field(r.PROMPT, pa.string()),
+        pa.field(r.REASON, pa.string()),
+    ]
+)
+"""Records some stage could not process, with the reason."""
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """A table of ``schema``'s columns taken from ``rows`` (missing keys are null)."""
+    return pa.table(
+        {f.name: pa.array([row.get(f.name) for row in rows], f.type) for f in schema}, schema=schema
+    )
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Serialize ``table`` as one parquet file (zstd), ready for a whole-file write."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()

@@ -1,0 +1,99 @@
+"""A unit's webdataset shard in img2dataset layout, and its ``_stats.json``.
+
+Each written record is one sample: ``{name}.{jpg|png|webp}`` (when it has an image), ``{name}.txt`` (the
+``text`` column, when set) and ``{name}.json`` (metadata, always). ``name`` is the record key made safe
+for webdataset, which splits a member name at the first ``.`` of its basename: dots become ``_``, a
+leading ``/`` is dropped, and a repeat within the shard gets ``_1``, ``_2``... The exact key is in the json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipelines import records as r
+
+METADATA_FIELDS = (
+    r.KEY,
+    r.SOURCE,
+    r.MODE,
+    r.PROMPT,
+    r.CAPTION,
+    r.TEXT,
+    r.CLIP_SCORE,
+    r.SEED,
+    r.WIDTH,
+    r.HEIGHT,
+    r.IMAGE_FORMAT,
+    r.MODEL_ID,
+    r.PARAMS,
+)
+
+
+def member_names(keys: Sequence[str]) -> list[str]:
+    """Webdataset-safe, shard-unique member base names for ``keys`` (see module doc)."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for key in keys:
+        base = key.replace(".", "_").lstrip("/") or "_"
+        name, n = base, 0
+        while name in seen:
+            n += 1
+            name = f"{base}_{n}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def sample_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``.json`` member of a sample; ``params`` is embedded as an object when it is JSON."""
+    meta = {name: row.get(name) for name in METADATA_FIELDS}
+    params = meta.get(r.PARAMS)
+    if isinstance(params, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            meta[r.PARAMS] = json.loads(params)
+    meta["status"] = "success"
+    return meta
+
+
+def tar_bytes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> bytes:
+    """A complete tar (with its end-of-archive marker) holding one sample per row."""
+    buffer = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for row, name in zip(rows, names, strict=True):
+            if row.get(r.IMAGE) is not None:
+                _add(tar, f"{name}.{row[r.IMAGE_FORMAT]}", row[r.IMAGE], now)
+            if row.get(r.TEXT) is not None:
+                _add(tar, f"{name}.txt", row[r.TEXT].encode("utf-8"), now)
+            _add(
+                tar, f"{name}.json", json.dumps(sample_metadata(row), ensure_ascii=False).encode("utf-8"), now
+            )
+    return buffer.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(mtime)
+    info.mode = 0o444
+    tar.addfile(info, io.BytesIO(data))
+
+
+def stats(
+    *, unit: int, inputs: int, written: int, rejected: int, errored: int, reasons: Mapping[str, int]
+) -> dict:
+    """img2dataset-style shard stats: ``count``, ``successes``, failure counts and a ``status_dict``."""
+    return {
+        "unit": unit,
+        "count": inputs,
+        "successes": written,
+        "failed_to_process": errored,
+        "rejected": rejected,
+        "status_dict": {"success": written, **reasons} if written else dict(reasons),
+    }
