@@ -7,8 +7,10 @@ processed as one block and committed as one shard, which is what makes resume ex
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
+import pandas as pd
 import pyarrow as pa
 
 # --- written by readers -------------------------------------------------------------------------------------
@@ -42,6 +44,11 @@ IMAGE = "image"  # encoded output image bytes, or None for text-only outputs
 IMAGE_FORMAT = "image_format"  # "jpg", "png" or "webp", or None
 WIDTH = "width"
 HEIGHT = "height"
+
+
+def missing(value: object) -> bool:
+    """Whether a cell is empty: None, pandas' NA or a float NaN (pandas batches use all three)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 class Status(str, Enum):

@@ -34,7 +34,7 @@ class Codecs:
         """Text latents (B, 77, text_dim) and, per prompt, whether it was cut to the CLIP context length."""
         tokenizer = self.c.clip_tokenizer
         limit = self.max_prompt_tokens
-        full_lengths = [len(ids) for ids in tokenizer(prompts, truncation=False).input_ids]
+        full_lengths = [len(ids) for ids in tokenizer(prompts, truncation=False, verbose=False).input_ids]
         ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         hidden = self.c.text_encoder(ids.input_ids.to(self.device))[0]
         latents = self.c.text_decoder.encode(hidden.to(self.dtype))

@@ -1,0 +1,1 @@
+"""Ray Data pipelines: readers -> preprocess -> generate -> score -> filter -> writers -> _summary.json."""

@@ -1,0 +1,194 @@
+"""The pipeline's configuration: one typed, validated model that is also the job spec (YAML in ``jobs/``).
+
+Secrets never live here: object-store credentials come from the environment (AWS_* variables, profiles,
+instance roles) as s3fs/botocore read them; ``storage`` only names the endpoint, region or profile.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from unidiffuser.config import Mode
+
+PIPELINE_MODES = (Mode.T2I, Mode.I2T, Mode.JOINT, Mode.IMAGE, Mode.TEXT, Mode.I2T2I, Mode.T2I2T)
+INPUT_KIND_FOR_MODE = {
+    Mode.T2I: "prompts",
+    Mode.T2I2T: "prompts",
+    Mode.I2T: "images",
+    Mode.I2T2I: "images",
+    Mode.JOINT: "count",
+    Mode.IMAGE: "count",
+    Mode.TEXT: "count",
+}
+OutputFormat = Literal["parquet", "webdataset", "embeddings"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSpec(_Strict):
+    """How to reach object storage (credentials come from the environment only)."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000")
+    region: str | None = Field(None, description="S3 region")
+    profile: str | None = Field(None, description="AWS profile name from the environment's config files")
+    anon: bool = Field(False, description="anonymous access (public buckets)")
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec/s3fs keyword arguments (no secrets)."""
+        options: dict[str, Any] = {}
+        client: dict[str, Any] = {}
+        if self.endpoint_url:
+            client["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client["region_name"] = self.region
+        if client:
+            options["client_kwargs"] = client
+        if self.profile:
+            options["profile"] = self.profile
+        if self.anon:
+            options["anon"] = True
+        return options
+
+
+class InputSpec(_Strict):
+    """What to read: prompt files, image collections, or a count of records made from nothing."""
+
+    kind: Literal["prompts", "images", "count"] = Field(description="prompts | images | count")
+    uri: str | None = Field(None, description="file, folder or glob; local, file://, s3://, gs://, ...")
+    field: str | None = Field(None, description="column / JSON field holding the prompt (or image bytes)")
+    count: int | None = Field(None, ge=1, description="number of records for kind=count")
+
+    @model_validator(mode="after")
+    def _needs(self) -> InputSpec:
+        if self.kind == "count" and self.count is None:
+            raise ValueError("input.count is required when input.kind is 'count'")
+        if self.kind != "count" and not self.uri:
+            raise ValueError(f"input.uri is required when input.kind is '{self.kind}'")
+        return self
+
+
+class ModelSpec(_Strict):
+    """Which checkpoint and how to sample (see unidiffuser.EngineConfig for the meaning of each)."""
+
+    checkpoint: str = Field(description="diffusers-layout checkpoint folder or fsspec URI")
+    model_id: str | None = Field(None, description="name written to every output row (default: checkpoint)")
+    mode: Mode = Field(Mode.T2I, description="t2i | i2t | joint | image | text | i2t2i | t2i2t")
+    steps: int = Field(50, ge=1, le=1000)
+    guidance_scale: float = Field(7.0, ge=0.0)
+    t2i_cfg_mode: Literal["true_uncond", "empty_token"] = "true_uncond"
+    data_type: Literal[0, 1] = 1
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    resolution: int | None = Field(None, gt=0, description="must match the checkpoint if given")
+    compile: bool = False
+    caption_beams: int = Field(5, ge=1)
+    caption_max_tokens: int = Field(67, ge=1)
+    max_image_pixels: int = Field(89_478_485, gt=0)
+
+    @field_validator("mode")
+    @classmethod
+    def _pipeline_mode(cls, mode: Mode) -> Mode:
+        if mode not in PIPELINE_MODES:
+            raise ValueError(
+                f"mode {mode.value!r} runs in the engine only; pipelines run {[m.value for m in PIPELINE_MODES]}"
+            )
+        return mode
+
+    def engine_config(self, *, device: str, batch_size: int) -> dict[str, Any]:
+        """Keyword arguments for ``unidiffuser.EngineConfig``."""
+        keys = ("mode", "steps", "guidance_scale", "t2i_cfg_mode", "data_type", "dtype", "resolution", "compile",
+                "caption_beams", "caption_max_tokens", "max_image_pixels")  # fmt: skip
+        return {**{k: getattr(self, k) for k in keys}, "device": device, "batch_size": batch_size}
+
+
+class ClipSpec(_Strict):
+    """CLIP scoring and filtering of the outputs."""
+
+    enabled: bool = True
+    model: str | None = Field(None, description="CLIP folder or URI (openai/clip-vit-large-patch14 layout)")
+    min_score: float | None = Field(None, description="reject records scoring below (cosine similarity)")
+    max_score: float | None = Field(
+        None, description="reject records scoring above (e.g. text rendered in image)"
+    )
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ClipSpec:
+        if self.enabled and not self.model:
+            raise ValueError("clip.model is required when clip.enabled is true")
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise ValueError("clip.min_score must not exceed clip.max_score")
+        return self
+
+
+class OutputSpec(_Strict):
+    """Where and how shards are written."""
+
+    uri: str = Field(description="output folder; local, file://, s3://, ...")
+    formats: list[OutputFormat] = Field(default_factory=lambda: ["parquet", "webdataset"])
+    shard_size: int = Field(1000, ge=1, le=100_000, description="records per unit = per shard")
+    image_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    image_quality: int = Field(95, ge=1, le=100)
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, formats: list[str]) -> list[str]:
+        if not formats:
+            raise ValueError("at least one output format")
+        return sorted(set(formats), key=formats.index)
+
+
+class ResourcesSpec(_Strict):
+    """How the work is spread over the cluster."""
+
+    actors: int = Field(1, ge=1, description="UniDiffuser actors (one engine each)")
+    gpus_per_actor: float = Field(0.0, ge=0.0, description="0 runs on CPU")
+    cpus_per_actor: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(8, ge=1, description="records per forward inside an actor")
+    clip_actors: int = Field(1, ge=1)
+    clip_gpus_per_actor: float = Field(0.0, ge=0.0, description="may be fractional to share a GPU")
+    clip_cpus_per_actor: float = Field(1.0, gt=0.0)
+    preprocess_cpus: float = Field(1.0, gt=0.0, description="CPUs per preprocess / write task")
+
+    def cpus_needed(self, *, clip: bool) -> float:
+        """CPUs the pipeline holds at once: every actor plus one preprocess/write task."""
+        actors = self.actors * self.cpus_per_actor
+        return actors + (self.clip_actors * self.clip_cpus_per_actor if clip else 0.0) + self.preprocess_cpus
+
+    def gpus_needed(self, *, clip: bool) -> float:
+        return self.actors * self.gpus_per_actor + (
+            self.clip_actors * self.clip_gpus_per_actor if clip else 0.0
+        )
+
+
+class PipelineConfig(_Strict):
+    """A whole job: input -> model -> CLIP -> output."""
+
+    name: str = Field("unidiffuser-job", description="job name, used in logs and the summary")
+    input: InputSpec
+    model: ModelSpec
+    clip: ClipSpec = Field(default_factory=lambda: ClipSpec(enabled=False))
+    output: OutputSpec
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    seed: int = Field(0, description="job seed; a record's seed is derived from it and the record's key")
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @model_validator(mode="after")
+    def _mode_matches_input(self) -> PipelineConfig:
+        wanted = INPUT_KIND_FOR_MODE[self.model.mode]
+        if self.input.kind != wanted:
+            raise ValueError(
+                f"model.mode {self.model.mode.value!r} needs input.kind {wanted!r}, got {self.input.kind!r}"
+            )
+        return self
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id or self.model.checkpoint
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.resources.gpus_per_actor > 0 else "cpu"

@@ -1,0 +1,183 @@
+"""Build and run one job as a streaming Ray Data pipeline, then account for every input.
+
+    reader (one block per unit) -> preprocess (CPU tasks) -> generate (engine actors) -> CLIP score (actors)
+    -> filter -> write + commit (CPU tasks) -> _summary.json
+
+Units already committed under the output are skipped, so re-running a job resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.data import ActorPoolStrategy
+
+from pipelines.config import PipelineConfig
+from pipelines.readers import PlannedInput, plan_count, plan_images, plan_prompts
+from pipelines.stages.filter import filter_batch
+from pipelines.stages.generate import GenerateStage
+from pipelines.stages.preprocess import preprocess_batch
+from pipelines.stages.score import ClipScoreStage
+from pipelines.stages.write import output_spec, write_batch
+from pipelines.versions import versions
+from pipelines.writers.commit import committed_units
+from pipelines.writers.summary import write_summary
+from unidiffuser.checkpoint import read_checkpoint_resolution
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """What a run did: the summary written to ``_summary.json`` and how much work this run itself did."""
+
+    summary: dict[str, Any]
+    units_total: int
+    units_skipped: int
+    units_run: int
+
+    @property
+    def did_model_work(self) -> bool:
+        return self.units_run > 0
+
+
+def plan_input(config: PipelineConfig) -> PlannedInput:
+    """Plan the job's input into units of ``output.shard_size`` records."""
+    spec, size = config.input, config.output.shard_size
+    options = config.storage.storage_options()
+    if spec.kind == "prompts":
+        return plan_prompts(spec.uri, field=spec.field, unit_size=size, storage_options=options)
+    if spec.kind == "images":
+        return plan_images(spec.uri, unit_size=size, column=spec.field, storage_options=options)
+    return plan_count(spec.count, unit_size=size)
+
+
+def build_dataset(
+    config: PipelineConfig,
+    planned: PlannedInput,
+    skip_units: frozenset[int],
+    *,
+    generate_cls: Callable[..., Any] = GenerateStage,
+) -> ray.data.Dataset:
+    """The pipeline as a lazy Ray Dataset of per-unit count rows."""
+    res = config.resources
+    # every stage maps rows 1:1; Ray Data restarts a crashed actor and retries its unit (its default for
+    # actor pools: max_restarts=-1, max_task_retries=-1), and a rewritten unit overwrites the same files
+    one_to_one = {"batch_size": None, "batch_format": "pandas", "udf_modifying_row_count": False}
+    resolution = read_checkpoint_resolution(
+        config.model.checkpoint, storage_options=config.storage.storage_options()
+    )
+    ds = planned.to_dataset(skip_units)
+    ds = ds.map_batches(
+        preprocess_batch,
+        **one_to_one,
+        num_cpus=res.preprocess_cpus,
+        # decoding is spread over the cluster's CPUs; an args function also keeps Ray Data from fusing this
+        # stage into the engine actors, where decoding would hold the GPU
+        ray_remote_args_fn=_spread,
+        fn_kwargs={
+            "job_seed": config.seed,
+            "input_kind": config.input.kind,
+            "resolution": resolution,
+            "max_image_pixels": config.model.max_image_pixels,
+        },
+    )
+    ds = ds.map_batches(
+        generate_cls,
+        **one_to_one,
+        fn_constructor_args=(config,),
+        compute=ActorPoolStrategy(size=res.actors),
+        num_gpus=res.gpus_per_actor,
+        num_cpus=res.cpus_per_actor,
+    )
+    if config.clip.enabled:
+        ds = ds.map_batches(
+            ClipScoreStage,
+            **one_to_one,
+            fn_constructor_args=(config,),
+            compute=ActorPoolStrategy(size=res.clip_actors),
+            num_gpus=res.clip_gpus_per_actor,
+            num_cpus=res.clip_cpus_per_actor,
+        )
+    ds = ds.map_batches(
+        filter_batch,
+        **one_to_one,
+        fn_kwargs={"min_score": config.clip.min_score, "max_score": config.clip.max_score},
+    )
+    return ds.map_batches(
+        write_batch,
+        **one_to_one,
+        num_cpus=res.preprocess_cpus,
+        fn_kwargs={"output": output_spec(config)},
+    )
+
+
+def _spread() -> dict[str, Any]:
+    return {"scheduling_strategy": "SPREAD"}
+
+
+class ClusterTooSmallError(RuntimeError):
+    """The cluster cannot hold the job's actors plus one task: Ray would wait forever."""
+
+
+def check_cluster_fits(config: PipelineConfig) -> None:
+    """Fail fast, with the numbers, when the job's actors and one task cannot all be placed at once."""
+    available = ray.cluster_resources()
+    clip = config.clip.enabled
+    needs = {"CPU": config.resources.cpus_needed(clip=clip), "GPU": config.resources.gpus_needed(clip=clip)}
+    short = {k: v for k, v in needs.items() if v > available.get(k, 0.0) + 1e-9}
+    if short:
+        detail = ", ".join(
+            f"{k}: needs {v:g}, cluster has {available.get(k, 0.0):g}" for k, v in short.items()
+        )
+        raise ClusterTooSmallError(
+            f"the cluster cannot run this job ({detail}); lower resources.actors / *cpus* / *gpus*, or add nodes"
+        )
+
+
+def run_pipeline(
+    config: PipelineConfig, *, generate_cls: Callable[..., Any] = GenerateStage, progress: bool = True
+) -> RunReport:
+    """Run the job to completion on the current Ray cluster (started locally if none) and write the summary.
+
+    Raises ``pipelines.writers.summary.AccountingError`` if inputs != written + rejected + errored.
+    """
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    check_cluster_fits(config)
+    options = config.storage.storage_options()
+    planned = plan_input(config)
+    done = frozenset(committed_units(config.output.uri, options)) & {u.index for u in planned.units}
+    todo = planned.num_units - len(done)
+    if todo == 0:
+        log.info("all %d units already committed: no model work to do", planned.num_units)
+    else:
+        ds = build_dataset(config, planned, done, generate_cls=generate_cls)
+        ds.context.enable_progress_bars = progress
+        for row in ds.iter_rows():
+            log.info(
+                "unit %05d committed: %s",
+                row["unit"],
+                {k: row[k] for k in ("written", "rejected", "errored")},
+            )
+    summary = write_summary(
+        config.output.uri,
+        inputs=planned.num_records,
+        config=config.model_dump(mode="json"),
+        wall_time_s=time.perf_counter() - started,
+        versions=versions(),
+        storage_options=options,
+        extra={
+            "units": planned.num_units,
+            "units_skipped": len(done),
+            "units_run": todo,
+            "name": config.name,
+        },
+    )
+    return RunReport(summary=summary, units_total=planned.num_units, units_skipped=len(done), units_run=todo)

@@ -1,0 +1,100 @@
+"""Stage 2, the actor pool: one UniDiffuser engine per actor, loaded once, fed one unit (block) per call.
+
+The engine micro-batches inside the unit (``resources.batch_size``); per-record engine errors become error
+rows with their reason. Every row leaves with the paired image/text that the scorer and writers use.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from pipelines import records as r
+from pipelines.config import PipelineConfig
+from pipelines.stages.pixels import from_bytes, to_bytes
+from unidiffuser import EngineConfig, Mode, Result, UniDiffuserEngine
+
+TEXT_IN, IMAGE_IN, NOTHING_IN = "text", "image", "nothing"
+INPUT_OF_MODE = {
+    Mode.T2I: TEXT_IN,
+    Mode.T2I2T: TEXT_IN,
+    Mode.I2T: IMAGE_IN,
+    Mode.I2T2I: IMAGE_IN,
+    Mode.JOINT: NOTHING_IN,
+    Mode.IMAGE: NOTHING_IN,
+    Mode.TEXT: NOTHING_IN,
+}
+
+
+class GenerateStage:
+    """Callable class for ``Dataset.map_batches``: runs the configured mode on the unit's ok rows."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        engine_config = EngineConfig.build(
+            **config.model.engine_config(device=config.device, batch_size=config.resources.batch_size)
+        )
+        self.engine = UniDiffuserEngine.from_pretrained(
+            config.model.checkpoint, engine_config, storage_options=config.storage.storage_options()
+        )
+        self.mode = config.model.mode
+        self.params = json.dumps(
+            {
+                k: v
+                for k, v in config.model.model_dump(mode="json").items()
+                if k not in ("checkpoint", "model_id")
+            },
+            sort_keys=True,
+        )
+
+    def _results(self, rows: pd.DataFrame) -> list[Result]:
+        seeds = rows[r.SEED].tolist()
+        kind = INPUT_OF_MODE[self.mode]
+        if kind == TEXT_IN:
+            inputs = rows[r.PROMPT].tolist()
+        elif kind == IMAGE_IN:
+            inputs = [from_bytes(p) for p in rows[r.PIXELS]]
+        else:
+            inputs = None
+        return self.engine.run(inputs, seeds, mode=self.mode)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        out = batch.copy()
+        n = len(out)
+        out[r.MODE] = self.mode.value
+        out[r.MODEL_ID] = self.config.model_id
+        out[r.PARAMS] = self.params
+        captions: list[str | None] = [None] * n
+        images: list[bytes | None] = [None] * n
+        status = out[r.STATUS].tolist()
+        reasons = [None if r.missing(x) else x for x in out[r.REASON]]
+        flags = [list(f) for f in out[r.FLAGS]]
+        todo = [i for i in range(n) if status[i] == r.Status.OK.value]
+        if todo:
+            for i, result in zip(todo, self._results(out.iloc[todo]), strict=True):
+                if not result.ok:
+                    status[i], reasons[i] = r.Status.ERROR.value, f"engine: {result.error}"
+                    continue
+                captions[i] = result.text
+                if result.image is not None:
+                    images[i] = to_bytes(result.image)
+                elif self.mode == Mode.I2T:  # a caption dataset pairs the caption with its (prepared) image
+                    images[i] = out[r.PIXELS].iloc[i]
+                flags[i] = flags[i] + [f for f in result.flags if f not in flags[i]]
+        out[r.CAPTION] = captions
+        out[r.OUT_PIXELS] = images
+        prompts = [None if r.missing(p) else p for p in out[r.PROMPT]]
+        out[r.TEXT] = [_paired_text(self.mode, p, c) for p, c in zip(prompts, captions, strict=True)]
+        out[r.STATUS], out[r.REASON], out[r.FLAGS] = status, reasons, flags
+        return out
+
+
+def _paired_text(mode: Mode, prompt: str | None, caption: str | None) -> str | None:
+    """The text that goes with the record's image in the shards: the prompt for t2i, else the caption
+    (for i2t2i, the input's own caption if the source had one)."""
+    if mode == Mode.T2I:
+        return prompt
+    if mode == Mode.I2T2I:
+        return prompt
+    return caption

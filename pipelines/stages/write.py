@@ -1,0 +1,35 @@
+"""Stage 5, CPU tasks: write one unit's shards (ok / rejected / errors) and commit it; emit its counts."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from pipelines import records as r
+from pipelines.config import PipelineConfig
+from pipelines.stages.pixels import from_bytes
+from pipelines.writers.unit_writer import OutputSpec, write_unit
+
+_IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+def output_spec(config: PipelineConfig) -> OutputSpec:
+    """The writers' view of the job's output section."""
+    out = config.output
+    return OutputSpec(
+        uri=out.uri,
+        formats=tuple(out.formats),
+        image_format=_IMAGE_FORMATS[out.image_format],
+        quality=out.image_quality,
+        storage_options=config.storage.storage_options(),
+    )
+
+
+def write_batch(batch: pd.DataFrame, *, output: OutputSpec) -> pd.DataFrame:
+    """Write and commit the unit in ``batch``; returns one row with the unit's counts (for progress)."""
+    rows = batch.copy()
+    rows[r.OUT_PIXELS] = [None if r.missing(p) else from_bytes(p) for p in rows[r.OUT_PIXELS]]
+    marker = write_unit(rows.drop(columns=[r.PIXELS]), output=output)
+    counts = {k: marker[k] for k in ("unit", "inputs", "written", "rejected", "errored")}
+    return pd.DataFrame([{**counts, "reasons": json.dumps(marker["reasons"])}])
