@@ -1,35 +1,158 @@
-"""``unidiffuser-batch``: the product's command line."""
+"""``unidiffuser-batch``: run, validate, submit, inspect and demo UniDiffuser dataset jobs.
+
+unidiffuser-batch validate jobs/specs/synthetic-t2i.yaml
+unidiffuser-batch run SPEC.yaml --set model.steps=25 --set output.uri=s3://bucket/out
+unidiffuser-batch submit SPEC.yaml --address http://HEAD:8265
+unidiffuser-batch inspect s3://bucket/out
+unidiffuser-batch demo
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-import tempfile
 from pathlib import Path
 
-from unidiffuser import cli as engine_cli
+from jobs import submit as jobs_api
+from jobs.inspect_output import inspect_output
+from jobs.spec import SpecError, load_spec
+from jobs.validate import preflight
+
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
 
-def _demo(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    checkpoint = Path(tempfile.mkdtemp(prefix="unidiffuser-tiny-"))
-    engine_cli.main(["tiny-checkpoint", str(checkpoint)])
-    return engine_cli.main(["sample", str(checkpoint), "--out", str(out), "--steps", "10"])
+def _load(args: argparse.Namespace):
+    return load_spec(args.spec, args.set)
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except SpecError as exc:
+        return _fail(str(exc))
+    problems = preflight(config)
+    if problems:
+        return _fail("spec is valid but not runnable:\n" + "\n".join(f"  - {p}" for p in problems))
+    print(f"ok: {args.spec} ({config.model.mode.value}, {config.input.kind} -> {config.output.uri})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except SpecError as exc:
+        return _fail(str(exc))
+    problems = preflight(config)
+    if problems:
+        return _fail("cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
+    import ray
+
+    from pipelines.run import run_pipeline
+
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=args.verbose)
+    report = run_pipeline(config, progress=not args.quiet)
+    s = report.summary
+    if not report.did_model_work:
+        print(f"nothing to do: all {report.units_total} units of {config.output.uri} were already committed")
+    print(
+        f"{config.name}: {s['inputs']} inputs -> {s['written']} written, {s['rejected']} rejected, "
+        f"{s['errored']} errored in {s['wall_time_s']:.1f}s ({report.units_run} units run, "
+        f"{report.units_skipped} skipped) -> {config.output.uri}"
+    )
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except SpecError as exc:
+        return _fail(str(exc))
+    job_id = jobs_api.submit(config, address=args.address)
+    print(job_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(jobs_api.status(args.job_id, address=args.address))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    print(jobs_api.logs(args.job_id, address=args.address), end="")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    print("stopped" if jobs_api.stop(args.job_id, address=args.address) else "not running")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        report, _ = inspect_output(args.output, samples=args.samples, sheet_path=args.sheet)
+    except FileNotFoundError as exc:
+        return _fail(str(exc))
+    print(report)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(Path(args.out), quiet=args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="unidiffuser-batch", description="Run UniDiffuser over datasets on Ray."
-    )
+    parser = argparse.ArgumentParser(prog="unidiffuser-batch", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show worker logs")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the embedded demo on CPU with the tiny checkpoint")
-    demo.add_argument("--out", default="demo-output")
-    demo.set_defaults(func=_demo)
+
+    def with_spec(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("spec", help="job spec YAML")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+        return p
+
+    p = with_spec("run", "run a job on the local Ray or the one RAY_ADDRESS names (resumes committed units)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+    with_spec(
+        "validate", "check a spec and that its inputs, checkpoint and output are reachable"
+    ).set_defaults(func=cmd_validate)
+    p = with_spec("submit", "submit a job to a Ray cluster through the Jobs API")
+    p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", DEFAULT_DASHBOARD))
+    p.set_defaults(func=cmd_submit)
+    for name, func, text in (
+        ("status", cmd_status, "status of a submitted job"),
+        ("logs", cmd_logs, "logs of a submitted job"),
+        ("stop", cmd_stop, "stop a submitted job"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("job_id")
+        p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", DEFAULT_DASHBOARD))
+        p.set_defaults(func=func)
+    p = sub.add_parser("inspect", help="counts, score histogram, reasons and a contact sheet of an output")
+    p.add_argument("output", help="output folder or URI of a finished job")
+    p.add_argument("--samples", type=int, default=24)
+    p.add_argument("--sheet", help="where to write the contact sheet PNG (default: OUTPUT/contact_sheet.png)")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("demo", help="run the embedded demo: tiny models, shipped inputs, local Ray on CPU")
+    p.add_argument("--out", default="demo-output")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     return int(args.func(args) or 0)
 
 
