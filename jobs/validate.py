@@ -20,10 +20,7 @@ def check_input(config: PipelineConfig, options: dict) -> list[str]:
         return []
     try:
         fs, path = _fs(spec.uri, options)
-        if any(ch in path for ch in "*?["):
-            found = bool(fs.glob(path))
-        else:
-            found = fs.exists(path)
+        found = bool(fs.glob(path)) if any(ch in path for ch in "*?[") else fs.exists(path)
     except Exception as exc:  # any storage error is a reachability problem to report
         return [f"input.uri: cannot reach {spec.uri}: {type(exc).__name__}: {exc}"]
     return [] if found else [f"input.uri: nothing found at {spec.uri}"]
