@@ -15,10 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from jobs import submit as jobs_api
-from jobs.inspect_output import inspect_output
 from jobs.spec import SpecError, load_spec
-from jobs.validate import preflight
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
@@ -37,6 +34,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         config = _load(args)
     except SpecError as exc:
         return _fail(str(exc))
+    from jobs.validate import preflight
+
     problems = preflight(config)
     if problems:
         return _fail("spec is valid but not runnable:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -49,6 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load(args)
     except SpecError as exc:
         return _fail(str(exc))
+    from jobs.validate import preflight
+
     problems = preflight(config)
     if problems:
         return _fail("cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -70,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from jobs import submit as jobs_api
+
     try:
         config = _load(args)
     except SpecError as exc:
@@ -80,21 +83,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from jobs import submit as jobs_api
+
     print(jobs_api.status(args.job_id, address=args.address))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from jobs import submit as jobs_api
+
     print(jobs_api.logs(args.job_id, address=args.address), end="")
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from jobs import submit as jobs_api
+
     print("stopped" if jobs_api.stop(args.job_id, address=args.address) else "not running")
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from jobs.inspect_output import inspect_output
+
     try:
         report, _ = inspect_output(args.output, samples=args.samples, sheet_path=args.sheet)
     except FileNotFoundError as exc:

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipelines.config import PipelineConfig
+from pipelines.config import INPUT_KIND_FOR_MODE, PipelineConfig
+from unidiffuser.config import Mode
 
 
 class SpecError(ValueError):
@@ -55,12 +56,29 @@ def _format(err: dict) -> str:
     return f"{path}: {message}"
 
 
+def _cross_section_problems(data: dict[str, Any]) -> list[str]:
+    """Checks between sections (model.mode vs input.kind) that the model only runs once every field is valid;
+    run here on the raw spec so that they are reported together with field errors."""
+    model, source = data.get("model"), data.get("input")
+    if not isinstance(model, dict) or not isinstance(source, dict):
+        return []
+    try:
+        mode = Mode(model.get("mode", Mode.T2I.value))
+    except ValueError:
+        return []
+    wanted, kind = INPUT_KIND_FOR_MODE.get(mode), source.get("kind")
+    if wanted is None or kind not in ("prompts", "images", "count") or kind == wanted:
+        return []
+    return [f"spec: model.mode {mode.value!r} needs input.kind {wanted!r}, got {kind!r}"]
+
+
 def parse_spec(data: dict[str, Any], *, base_dir: Path | None = None) -> PipelineConfig:
     """Validate a spec dict; relative local paths are resolved against ``base_dir`` (the spec's folder)."""
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise SpecError([_format(err) for err in exc.errors()]) from None
+        problems = [_format(err) for err in exc.errors()]
+        raise SpecError(problems + [p for p in _cross_section_problems(data) if p not in problems]) from None
     return _resolve_paths(config, base_dir) if base_dir else config
 
 

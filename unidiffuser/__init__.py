@@ -1,24 +1,32 @@
-"""UniDiffuser engine: the U-ViT, its sampler and every mode, batched and deterministic. Knows nothing of Ray."""
+"""UniDiffuser engine: the U-ViT, its sampler and every mode, batched and deterministic. Knows nothing of Ray.
 
-from unidiffuser.checkpoint import CheckpointError, load_components, resolve_checkpoint
-from unidiffuser.config import EngineConfig, EngineConfigError, Mode
-from unidiffuser.engine import UniDiffuserEngine
-from unidiffuser.inputs import InputError, prepare_image
-from unidiffuser.noise import derive_seed
-from unidiffuser.results import Result
-from unidiffuser.tiny import write_tiny_checkpoint
+Names are imported lazily, so ``import unidiffuser`` (and the CLIs that only need its config types) stays cheap.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "EngineConfig",
-    "EngineConfigError",
-    "InputError",
-    "Mode",
-    "Result",
-    "UniDiffuserEngine",
-    "derive_seed",
-    "load_components",
-    "prepare_image",
-    "resolve_checkpoint",
-    "write_tiny_checkpoint",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "unidiffuser.checkpoint",
+    "load_components": "unidiffuser.checkpoint",
+    "resolve_checkpoint": "unidiffuser.checkpoint",
+    "EngineConfig": "unidiffuser.config",
+    "EngineConfigError": "unidiffuser.config",
+    "Mode": "unidiffuser.config",
+    "UniDiffuserEngine": "unidiffuser.engine",
+    "InputError": "unidiffuser.inputs",
+    "prepare_image": "unidiffuser.inputs",
+    "derive_seed": "unidiffuser.noise",
+    "Result": "unidiffuser.results",
+    "write_tiny_checkpoint": "unidiffuser.tiny",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'unidiffuser' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
