@@ -1,0 +1,171 @@
+"""Engine benchmark: our engine and diffusers' UniDiffuserPipeline side by side, in one run, same settings.
+
+    python bench/engine.py                        # CPU, tiny checkpoint (written to a temp folder)
+    python bench/engine.py --checkpoint PATH      # any diffusers-layout checkpoint
+    python bench/engine.py --uvit-h --device cuda --dtype bfloat16   # GPU: real U-ViT-H config, random weights
+
+Prints outputs/s for each side and the ratio, for t2i, i2t and joint; with --uvit-h also the U-ViT forward's
+MFU (FLOPs counted from the config over measured time, against the card's measured bf16 matmul rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unidiffuser import UniDiffuserEngine, write_tiny_checkpoint
+from unidiffuser.checkpoint import load_components
+from unidiffuser.uvit import UViT, UViTConfig
+
+UVIT_H = UViTConfig(
+    text_dim=64, clip_img_dim=512, num_text_tokens=77, num_attention_heads=24, attention_head_dim=64,
+    in_channels=4, out_channels=4, num_layers=30, sample_size=64, patch_size=2, activation_fn="gelu",
+    attention_bias=False, use_data_type_embedding=True,
+)  # fmt: skip
+
+
+def reference_pipeline(path: Path, device: str, dtype: torch.dtype):
+    """diffusers' (deprecated) pipeline on the same checkpoint: used here only as the baseline."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import DPMSolverMultistepScheduler
+        from diffusers.pipelines.deprecated.unidiffuser import (
+            UniDiffuserModel,
+            UniDiffuserPipeline,
+            UniDiffuserTextDecoder,
+        )
+
+        c = load_components(path)
+        pipe = UniDiffuserPipeline(
+            vae=c.vae, text_encoder=c.text_encoder, image_encoder=c.image_encoder,
+            clip_image_processor=c.clip_image_processor, clip_tokenizer=c.clip_tokenizer,
+            text_decoder=UniDiffuserTextDecoder.from_pretrained(path / "text_decoder"),
+            text_tokenizer=c.text_tokenizer, unet=UniDiffuserModel.from_pretrained(path / "unet"),
+            scheduler=DPMSolverMultistepScheduler.from_config(c.scheduler_config),
+        )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
+def timed(fn, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_modes(path: Path, args: argparse.Namespace) -> dict:
+    dtype = getattr(torch, args.dtype)
+    engine = UniDiffuserEngine.from_pretrained(
+        path, steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch, device=args.device,
+        dtype=args.dtype,
+    )  # fmt: skip
+    pipe = reference_pipeline(path, args.device, dtype)
+    n = args.batch
+    prompts = [f"a red circle number {i} on a grey background" for i in range(n)]
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, (engine.resolution, engine.resolution, 3), dtype=np.uint8) for _ in range(n)
+    ]
+    pil_images = [Image.fromarray(i) for i in images]
+    seeds = list(range(n))
+    gen = lambda: torch.Generator(args.device).manual_seed(0)  # noqa: E731
+    common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "output_type": "np"}
+    cases = {
+        "t2i": (lambda: engine.t2i(prompts, seeds), lambda: pipe(prompt=prompts, generator=gen(), **common)),
+        # the pipeline captions one PIL image per call
+        "i2t": (
+            lambda: engine.i2t(images, seeds),
+            lambda: [pipe(image=im, generator=gen(), **common) for im in pil_images],
+        ),
+        "joint": (
+            lambda: engine.joint(seeds),
+            lambda: (pipe.set_joint_mode(), pipe(num_images_per_prompt=n, num_prompts_per_image=n, generator=gen(), **common)),
+        ),
+    }  # fmt: skip
+    rows = {}
+    for mode, (ours, theirs) in cases.items():
+        t_ours, t_ref = timed(ours, args.repeats), timed(theirs, args.repeats)
+        rows[mode] = {
+            "ours_outputs_per_s": n / t_ours,
+            "diffusers_outputs_per_s": n / t_ref,
+            "speedup": t_ref / t_ours,
+        }
+        print(
+            f"{mode:6s} ours {n / t_ours:8.2f}/s   diffusers {n / t_ref:8.2f}/s   ratio {t_ref / t_ours:5.2f}x"
+        )
+    return rows
+
+
+def matmul_rate(device: str, dtype: torch.dtype, size: int = 8192) -> float:
+    """Measured dense matmul FLOP/s of this device in ``dtype``."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, 10)
+    return 2 * size**3 / seconds
+
+
+def bench_mfu(args: argparse.Namespace) -> dict:
+    """U-ViT-H forward throughput and MFU at the benchmark batch (CFG doubles the rows)."""
+    dtype = getattr(torch, args.dtype)
+    model = UViT(UVIT_H).to(args.device, dtype).eval()
+    model.fuse_qkv()
+    forward = torch.compile(model) if args.compile else model
+    rows = 2 * args.batch
+    cfg = UVIT_H
+    x = torch.randn(rows, 4, 64, 64, device=args.device, dtype=dtype)
+    clip = torch.randn(rows, 1, cfg.clip_img_dim, device=args.device, dtype=dtype)
+    text = torch.randn(rows, 77, cfg.text_dim, device=args.device, dtype=dtype)
+    t = torch.full((rows,), 500, device=args.device)
+    data_type = torch.ones(rows, device=args.device, dtype=torch.long)
+    with torch.no_grad():
+        seconds = timed(lambda: forward(x, clip, text, t, t, data_type), args.repeats * 5)
+    flops = model.forward_flops(rows)
+    peak = matmul_rate(args.device, dtype)
+    result = {"rows": rows, "forward_s": seconds, "tflops": flops / seconds / 1e12, "peak_tflops": peak / 1e12,
+              "mfu": flops / seconds / peak}  # fmt: skip
+    print(f"U-ViT-H forward, {rows} rows: {seconds * 1e3:.1f} ms, {result['tflops']:.0f} TFLOP/s, "
+          f"peak matmul {result['peak_tflops']:.0f} TFLOP/s, MFU {result['mfu']:.0%}")  # fmt: skip
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="diffusers-layout checkpoint (default: a tiny one)")
+    parser.add_argument("--uvit-h", action="store_true", help="also measure the real U-ViT-H config's MFU")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.0)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    path = args.checkpoint or write_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny", version=1)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"device {args.device}, dtype {args.dtype}, batch {args.batch}, steps {args.steps}")  # fmt: skip
+    report = {"modes": bench_modes(path, args), "args": {k: str(v) for k, v in vars(args).items()}}
+    if args.uvit_h:
+        report["uvit_h"] = bench_mfu(args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
