@@ -218,8 +218,13 @@ def test_joint_matches_pipeline(checkpoint, monkeypatch):
     assert [r.text for r in ours] == ref.text
 
 
-def _assert_close_rel(got: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
-    """Relative error in the max norm: |got - expected|_max / |expected|_max."""
+def _assert_close_rel(got: torch.Tensor, expected: torch.Tensor, tol: float = 1e-4) -> None:
+    """Relative error in the max norm: |got - expected|_max / |expected|_max.
+
+    One U-ViT forward matches to 1e-5 (test above). A whole sampling run batches the CFG branches into one
+    forward where diffusers makes two or three, so float32 rounding differs in the last bits; guidance (x7)
+    and the multistep solver amplify that over the steps, hence 1e-4 for sampled latents (seen: 1e-6..2e-5).
+    """
     expected = expected.float()
     err = float((got - expected).abs().max() / expected.abs().max())
     print(f"relative error {err:.2e}")
