@@ -57,7 +57,7 @@ class StorageSpec(_Strict):
 class InputSpec(_Strict):
     """What to read: prompt files, image collections, or a count of records made from nothing."""
 
-    kind: Literal["prompts", "images", "count"] = Field(description="prompts | images | count")
+    kind: Literal["prompts", "images", "count"] = Field(description="what the records are made from")
     uri: str | None = Field(None, description="file, folder or glob; local, file://, s3://, gs://, ...")
     field: str | None = Field(None, description="column / JSON field holding the prompt (or image bytes)")
     count: int | None = Field(None, ge=1, description="number of records for kind=count")
@@ -76,17 +76,19 @@ class ModelSpec(_Strict):
 
     checkpoint: str = Field(description="diffusers-layout checkpoint folder or fsspec URI")
     model_id: str | None = Field(None, description="name written to every output row (default: checkpoint)")
-    mode: Mode = Field(Mode.T2I, description="t2i | i2t | joint | image | text | i2t2i | t2i2t")
-    steps: int = Field(50, ge=1, le=1000)
-    guidance_scale: float = Field(7.0, ge=0.0)
-    t2i_cfg_mode: Literal["true_uncond", "empty_token"] = "true_uncond"
-    data_type: Literal[0, 1] = 1
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    mode: Mode = Field(Mode.T2I, description="one of t2i, i2t, joint, image, text, i2t2i, t2i2t")
+    steps: int = Field(50, ge=1, le=1000, description="DPM-Solver++ steps")
+    guidance_scale: float = Field(7.0, ge=0.0, description="classifier-free guidance; <= 1 disables it")
+    t2i_cfg_mode: Literal["true_uncond", "empty_token"] = Field(
+        "true_uncond", description="t2i's unconditional branch: text at max noise, or the empty prompt"
+    )
+    data_type: Literal[0, 1] = Field(1, description="v1 checkpoints: 1 = the v1 data, 0 = LAION-like")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype")
     resolution: int | None = Field(None, gt=0, description="must match the checkpoint if given")
-    compile: bool = False
-    caption_beams: int = Field(5, ge=1)
-    caption_max_tokens: int = Field(67, ge=1)
-    max_image_pixels: int = Field(89_478_485, gt=0)
+    compile: bool = Field(False, description="torch.compile the U-ViT")
+    caption_beams: int = Field(5, ge=1, description="beam width of caption decoding")
+    caption_max_tokens: int = Field(67, ge=1, description="longest caption, in tokens")
+    max_image_pixels: int = Field(89_478_485, gt=0, description="larger input images are errors (bomb guard)")
 
     @field_validator("mode")
     @classmethod
@@ -107,13 +109,13 @@ class ModelSpec(_Strict):
 class ClipSpec(_Strict):
     """CLIP scoring and filtering of the outputs."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="score (and filter) the outputs")
     model: str | None = Field(None, description="CLIP folder or URI (openai/clip-vit-large-patch14 layout)")
     min_score: float | None = Field(None, description="reject records scoring below (cosine similarity)")
     max_score: float | None = Field(
         None, description="reject records scoring above (e.g. text rendered in image)"
     )
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="images or texts per CLIP forward")
 
     @model_validator(mode="after")
     def _bounds(self) -> ClipSpec:
@@ -128,10 +130,12 @@ class OutputSpec(_Strict):
     """Where and how shards are written."""
 
     uri: str = Field(description="output folder; local, file://, s3://, ...")
-    formats: list[OutputFormat] = Field(default_factory=lambda: ["parquet", "webdataset"])
+    formats: list[OutputFormat] = Field(
+        default_factory=lambda: ["parquet", "webdataset"], description="shard formats to write"
+    )
     shard_size: int = Field(1000, ge=1, le=100_000, description="records per unit = per shard")
-    image_format: Literal["jpeg", "png", "webp"] = "jpeg"
-    image_quality: int = Field(95, ge=1, le=100)
+    image_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="encoding of written images")
+    image_quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality")
 
     @field_validator("formats")
     @classmethod
@@ -146,11 +150,11 @@ class ResourcesSpec(_Strict):
 
     actors: int = Field(1, ge=1, description="UniDiffuser actors (one engine each)")
     gpus_per_actor: float = Field(0.0, ge=0.0, description="0 runs on CPU")
-    cpus_per_actor: float = Field(1.0, gt=0.0)
+    cpus_per_actor: float = Field(1.0, gt=0.0, description="CPUs reserved per UniDiffuser actor")
     batch_size: int = Field(8, ge=1, description="records per forward inside an actor")
-    clip_actors: int = Field(1, ge=1)
+    clip_actors: int = Field(1, ge=1, description="CLIP scorer actors")
     clip_gpus_per_actor: float = Field(0.0, ge=0.0, description="may be fractional to share a GPU")
-    clip_cpus_per_actor: float = Field(1.0, gt=0.0)
+    clip_cpus_per_actor: float = Field(1.0, gt=0.0, description="CPUs reserved per CLIP actor")
     preprocess_cpus: float = Field(1.0, gt=0.0, description="CPUs per preprocess / write task")
 
     def cpus_needed(self, *, clip: bool) -> float:

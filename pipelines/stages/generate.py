@@ -7,6 +7,7 @@ rows with their reason. Every row leaves with the paired image/text that the sco
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 
@@ -15,6 +16,7 @@ from pipelines.config import PipelineConfig
 from pipelines.stages.pixels import from_bytes, to_bytes
 from unidiffuser import EngineConfig, Mode, Result, UniDiffuserEngine
 
+log = logging.getLogger(__name__)
 TEXT_IN, IMAGE_IN, NOTHING_IN = "text", "image", "nothing"
 INPUT_OF_MODE = {
     Mode.T2I: TEXT_IN,
@@ -59,6 +61,15 @@ class GenerateStage:
             inputs = None
         return self.engine.run(inputs, seeds, mode=self.mode)
 
+    def _results_or_errors(self, rows: pd.DataFrame) -> list[Result]:
+        """The engine isolates per-record failures itself; anything it lets through fails only this unit's
+        records (as error rows with the reason), never the job."""
+        try:
+            return self._results(rows)
+        except Exception as exc:  # deliberately broad: every input must be accounted for
+            log.exception("engine failed on a unit of %d records", len(rows))
+            return [Result.failed(f"{type(exc).__name__}: {exc}") for _ in range(len(rows))]
+
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = batch.copy()
         n = len(out)
@@ -72,7 +83,7 @@ class GenerateStage:
         flags = [list(f) for f in out[r.FLAGS]]
         todo = [i for i in range(n) if status[i] == r.Status.OK.value]
         if todo:
-            for i, result in zip(todo, self._results(out.iloc[todo]), strict=True):
+            for i, result in zip(todo, self._results_or_errors(out.iloc[todo]), strict=True):
                 if not result.ok:
                     status[i], reasons[i] = r.Status.ERROR.value, f"engine: {result.error}"
                     continue

@@ -36,8 +36,7 @@ def preprocess_batch(
                 reason = str(exc)
         pixels.append(image)
         status.append(r.Status.OK.value if reason is None else r.Status.ERROR.value)
-        reasons.append(None if reason is None else f"input: {reason}")
-        # reader errors already name the problem ("not an image file: ..."); input checks get a stage prefix
+        reasons.append(None if reason is None else f"input: {reason}")  # reader and input problems alike
         flags.append(row_flags)
     out = batch.drop(columns=[r.IMAGE_BYTES, r.READ_ERROR])
     out[r.SEED] = seeds

@@ -24,22 +24,19 @@ METADATA_SCHEMA = pa.schema(
 def embedding_matrix(rows: Sequence[Mapping[str, Any]], column: str) -> np.ndarray | None:
     """The float32 ``[n, d]`` matrix of ``column`` over ``rows``, or None when no row has it.
 
-    Raises ValueError when only some rows have it or dimensions differ: the npy rows must stay aligned
-    with the metadata rows.
+    The npy rows must stay aligned with the metadata rows: a row without this embedding (e.g. an image whose
+    source had no caption, so no text embedding) gets a zero vector. Raises ValueError when dimensions differ.
     """
     values = [row.get(column) for row in rows]
-    missing = sum(v is None for v in values)
-    if missing == len(values):
+    present = [np.asarray(v, dtype=np.float32).reshape(-1) for v in values if v is not None]
+    if not present:
         return None
-    if missing:
-        raise ValueError(
-            f"{missing} of {len(values)} written records have no {column}; cannot align embeddings"
-        )
-    vectors = [np.asarray(v, dtype=np.float32).reshape(-1) for v in values]
-    dims = {v.shape[0] for v in vectors}
+    dims = {v.shape[0] for v in present}
     if len(dims) != 1:
         raise ValueError(f"{column} dimensions differ within a unit: {sorted(dims)}")
-    return np.stack(vectors)
+    (dim,) = dims
+    zero = np.zeros(dim, dtype=np.float32)
+    return np.stack([zero if v is None else np.asarray(v, dtype=np.float32).reshape(-1) for v in values])
 
 
 def metadata_table(rows: Sequence[Mapping[str, Any]], image_paths: Sequence[str]) -> pa.Table:

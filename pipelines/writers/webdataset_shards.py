@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import tarfile
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -61,10 +60,14 @@ def sample_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
     return meta
 
 
+# Members get a fixed timestamp so that the same records always give byte-identical shards (resume, re-runs).
+MEMBER_MTIME = 946_684_800  # 2000-01-01T00:00:00Z
+
+
 def tar_bytes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> bytes:
     """A complete tar (with its end-of-archive marker) holding one sample per row."""
     buffer = io.BytesIO()
-    now = time.time()
+    now = MEMBER_MTIME
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for row, name in zip(rows, names, strict=True):
             if row.get(r.IMAGE) is not None:

@@ -229,10 +229,21 @@ def test_status_less_rows_are_errors_and_batches_must_be_one_unit(tmp_path: Path
         write_unit(unit_frame(0, ["ok"]).iloc[:0], output=OutputSpec(str(tmp_path)))
 
 
-def test_misaligned_embeddings_raise_before_commit(tmp_path: Path) -> None:
+def test_partly_missing_embeddings_become_zero_rows(tmp_path: Path) -> None:
     frame = unit_frame(4, ["ok", "ok"])
-    frame.at[1, r.IMAGE_EMBEDDING] = None
-    with pytest.raises(ValueError, match="align"):
+    frame.at[1, r.TEXT_EMBEDDING] = None  # e.g. an image whose source had no caption
+    write_unit(frame, output=OutputSpec(str(tmp_path), formats=("embeddings",)))
+    text = np.load(tmp_path / "embeddings" / "text_emb" / "text_emb_00004.npy")
+    meta = pq.read_table(tmp_path / "embeddings" / "metadata" / "metadata_00004.parquet").to_pylist()
+    assert text.shape[0] == len(meta) == 2  # still aligned with the metadata rows
+    assert np.isclose(np.linalg.norm(text[0]), 1.0, atol=1e-4) and not text[1].any()
+    assert sorted(commit.committed_units(str(tmp_path))) == [4]
+
+
+def test_embeddings_of_different_sizes_raise_before_commit(tmp_path: Path) -> None:
+    frame = unit_frame(4, ["ok", "ok"])
+    frame.at[1, r.IMAGE_EMBEDDING] = [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="dimensions differ"):
         write_unit(frame, output=OutputSpec(str(tmp_path), formats=("embeddings",)))
     assert commit.committed_units(str(tmp_path)) == {}
 

@@ -1,0 +1,297 @@
+"""Faults: a generate actor killed mid-run, a 100 000-record stream with bounded driver memory, and engines that
+fail on some records.
+
+The GenerateStage subclasses are made by factory functions so that they are local classes: Ray
+(cloudpickle) ships them to the actors by value, with their parameters, whatever the test module is called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import PipelineConfig
+from pipelines.run import run_pipeline
+from pipelines.stages.generate import GenerateStage
+from unidiffuser import Result
+from unidiffuser.tiny import write_tiny_checkpoint
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+RESOURCES = {"cpus_per_actor": 0.5, "clip_cpus_per_actor": 0.5, "preprocess_cpus": 0.5, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(write_tiny_checkpoint(tmp_path_factory.mktemp("models") / "unidiffuser", version=1))
+
+
+def make_config(
+    checkpoint: str,
+    prompts: Path,
+    output: Path,
+    *,
+    shard_size: int = 3,
+    formats: tuple[str, ...] = ("parquet", "webdataset"),
+) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "input": {"kind": "prompts", "uri": str(prompts)},
+            "model": {"checkpoint": checkpoint, "mode": "t2i", "steps": 2},
+            "output": {"uri": str(output), "formats": list(formats), "shard_size": shard_size},
+            "resources": RESOURCES,
+        }
+    )
+
+
+def write_prompts(path: Path, lines: list[str]) -> list[str]:
+    path.write_text("\n".join(lines) + "\n")
+    return [f"{path.stem}-{i:09d}" for i in range(len(lines))]
+
+
+def outcome_keys(root: Path) -> dict[str, list[str]]:
+    """Keys in the shards (parquet and tar agree), rejected and errors files; checks the summary."""
+    written: list[str] = []
+    for shard in sorted((root / "shards").glob("*.parquet")):
+        keys = pq.read_table(shard, columns=["key"]).column("key").to_pylist()
+        tar_path = shard.with_suffix(".tar")
+        if tar_path.exists():
+            with tarfile.open(tar_path) as tar:
+                metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+            assert [m["key"] for m in metas] == keys
+        written += keys
+    found = {"written": written}
+    for kind, folder in (("rejected", "rejected"), ("errored", "errors")):
+        found[kind] = [
+            k for f in sorted((root / folder).glob("*.parquet")) for k in pq.read_table(f)["key"].to_pylist()
+        ]
+    summary = json.loads((root / "_summary.json").read_text())
+    assert summary["inputs"] == summary["written"] + summary["rejected"] + summary["errored"]
+    assert {k: summary[k] for k in found} == {k: len(v) for k, v in found.items()}
+    markers = sorted(p.name for p in (root / "_units").glob("*.json"))
+    assert markers == [f"{u:05d}.json" for u in range(summary["units"])]
+    return found
+
+
+def assert_each_key_once(found: dict[str, list[str]], expected: list[str]) -> None:
+    every = [k for keys in found.values() for k in keys]
+    duplicates = {k: n for k, n in Counter(every).items() if n > 1}
+    assert not duplicates, f"keys in more than one place or written twice: {duplicates}"
+    assert sorted(every) == sorted(expected)
+
+
+# --- an actor killed mid-run ---------------------------------------------------------------------------------
+
+
+def crash_once_stage(flag_dir: str, crash_unit: int) -> type[GenerateStage]:
+    """A GenerateStage that kills its actor process the first time it is handed ``crash_unit``."""
+
+    class CrashOnceStage(GenerateStage):
+        def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+            unit = int(batch["unit"].iloc[0])
+            Path(flag_dir, f"call-{unit:05d}-{uuid.uuid4().hex}").touch()
+            crashed = Path(flag_dir, f"crashed-{unit:05d}")
+            if unit == crash_unit and not crashed.exists():
+                crashed.touch()
+                os._exit(1)  # the actor process dies like a segfault / OOM kill: no exception, no cleanup
+            return super().__call__(batch)
+
+    return CrashOnceStage
+
+
+def test_generate_actor_crash_is_retried_without_duplicates(checkpoint: str, tmp_path: Path) -> None:
+    lines = [f"prompt number {i}" for i in range(10)] + [""]
+    keys = write_prompts(tmp_path / "p.txt", lines)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    out = tmp_path / "out"
+    report = run_pipeline(
+        make_config(checkpoint, tmp_path / "p.txt", out, shard_size=3),
+        generate_cls=crash_once_stage(str(flags), crash_unit=1),
+        progress=False,
+    )
+    assert (flags / "crashed-00001").exists(), "the injected crash did not happen"
+    calls = Counter(re.match(r"call-(\d+)-", p.name).group(1) for p in flags.glob("call-*"))
+    assert calls["00001"] == 2, f"unit 1 must be handed to a (restarted) actor again: {dict(calls)}"
+    assert report.units_total == 4 and report.units_run == 4
+    found = outcome_keys(out)
+    assert_each_key_once(found, keys)
+    assert found["errored"] == [keys[-1]] and len(found["written"]) == 10
+    assert report.summary["written"] == 10 and report.summary["errored"] == 1
+
+
+# --- 100 000 records, bounded driver memory ------------------------------------------------------------------
+
+
+def no_model_stage() -> type[GenerateStage]:
+    """A GenerateStage that loads no engine and returns a fixed 8x8 image per record (the stage's own
+    bookkeeping still runs)."""
+    tiny = np.full((8, 8, 3), 127, np.uint8)
+
+    class NoModelStage(GenerateStage):
+        def __init__(self, config: PipelineConfig):
+            self.config = config
+            self.mode = config.model.mode
+            self.params = json.dumps({"steps": config.model.steps})
+
+        def _results(self, rows: pd.DataFrame) -> list[Result]:
+            return [Result(image=tiny) for _ in range(len(rows))]
+
+    return NoModelStage
+
+
+class PeakRss:
+    """The driver's peak RSS, sampled every 10 ms in a thread, relative to the RSS at start."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def test_100k_prompts_stream_with_bounded_driver_memory(checkpoint: str, tmp_path: Path) -> None:
+    n, width = 100_000, 2000
+    rng = np.random.default_rng(0)
+    words = np.array(["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(512)])
+    path = tmp_path / "big.txt"
+    with path.open("w") as f:
+        for i in range(n):
+            text = f"{i} " + " ".join(rng.choice(words, width // 8))
+            f.write(text[:width].ljust(width, "x") + "\n")
+    data_bytes = path.stat().st_size
+    assert data_bytes >= n * width
+    out = tmp_path / "out"
+    config = make_config(checkpoint, path, out, shard_size=5000, formats=("parquet",))
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        report = run_pipeline(config, generate_cls=no_model_stage(), progress=False)
+        elapsed = time.perf_counter() - started
+    output_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    mib = 1 << 20
+    message = (
+        f"driver RSS grew by {rss.growth / mib:.1f} MiB (from {rss.start / mib:.1f} to a peak of "
+        f"{rss.peak / mib:.1f} MiB) while {data_bytes / mib:.1f} MiB of prompts ({n} records) went through "
+        f"and {output_bytes / mib:.1f} MiB were written, in {elapsed:.1f} s"
+    )
+    print(message)
+    assert rss.growth < data_bytes / 4, message
+    assert report.units_total == 20 and report.summary["units"] == 20
+    assert report.summary["inputs"] == report.summary["written"] == n, report.summary
+    keys = []
+    for shard in sorted((out / "shards").glob("*.parquet")):
+        table = pq.read_table(shard, columns=["key", "prompt"])
+        assert table.num_rows == 5000
+        keys += table.column("key").to_pylist()
+    assert keys == [f"big-{i:09d}" for i in range(n)]  # every record once, in input order
+    assert not (out / "errors").exists() and not (out / "rejected").exists()
+
+
+# --- engines that fail on some records -----------------------------------------------------------------------
+
+
+def failing_encoder_stage(poison: str) -> type[GenerateStage]:
+    """The real engine, whose prompt encoder raises RuntimeError for any batch holding ``poison``."""
+
+    class FailingEncoderStage(GenerateStage):
+        def __init__(self, config: PipelineConfig):
+            super().__init__(config)
+            encode = self.engine._encode_prompts
+
+            def encode_or_fail(prompts: list[str]):
+                if any(poison in p for p in prompts):
+                    raise RuntimeError(f"simulated failure on {poison!r}")
+                return encode(prompts)
+
+            self.engine._encode_prompts = encode_or_fail
+
+    return FailingEncoderStage
+
+
+def test_engine_failures_on_some_records_become_error_rows(checkpoint: str, tmp_path: Path) -> None:
+    lines = ["a red circle", "POISON one", "a blue square", "a green star", "POISON two", "a grey moon"]
+    keys = write_prompts(tmp_path / "p.txt", lines)
+    out = tmp_path / "out"
+    report = run_pipeline(
+        make_config(checkpoint, tmp_path / "p.txt", out, shard_size=6),  # one unit, batches of 4
+        generate_cls=failing_encoder_stage("POISON"),
+        progress=False,
+    )
+    found = outcome_keys(out)
+    assert_each_key_once(found, keys)
+    poisoned = {keys[1], keys[4]}
+    assert set(found["errored"]) == poisoned and set(found["written"]) == set(keys) - poisoned
+    errors = pq.read_table(out / "errors" / "00000.parquet").to_pylist()
+    for row in errors:
+        assert row["reason"].startswith("engine: ") and "simulated failure on 'POISON'" in row["reason"], row
+        assert row["prompt"].startswith("POISON")
+    assert sum(report.summary["error_reasons"].values()) == 2
+
+
+def raising_engine_stage(poison: str) -> type[GenerateStage]:
+    """No model: an engine whose ``run`` raises (instead of returning error results) for a batch with ``poison``."""
+
+    class RaisingEngine:
+        def run(self, inputs, seeds, mode=None):
+            if any(poison in p for p in inputs):
+                raise KeyError(f"simulated engine bug on {poison!r}")
+            return [Result(image=np.zeros((64, 64, 3), np.uint8)) for _ in inputs]
+
+    class RaisingEngineStage(GenerateStage):
+        def __init__(self, config: PipelineConfig):
+            self.config = config
+            self.mode = config.model.mode
+            self.params = "{}"
+            self.engine = RaisingEngine()
+
+    return RaisingEngineStage
+
+
+def test_engine_that_raises_for_a_batch_yields_error_rows_not_a_crashed_job(
+    checkpoint: str, tmp_path: Path
+) -> None:
+    lines = ["fine one", "POISON", "fine two", "fine three"]
+    keys = write_prompts(tmp_path / "p.txt", lines)
+    out = tmp_path / "out"
+    run_pipeline(
+        make_config(checkpoint, tmp_path / "p.txt", out, shard_size=2),
+        generate_cls=raising_engine_stage("POISON"),
+        progress=False,
+    )
+    found = outcome_keys(out)
+    assert_each_key_once(found, keys)
+    assert keys[1] in found["errored"]
+    reasons = [r["reason"] for f in (out / "errors").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert any("simulated engine bug" in reason for reason in reasons)
+    assert set(keys[2:]) <= set(found["written"])  # other units are unaffected

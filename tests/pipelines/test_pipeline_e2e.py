@@ -1,0 +1,627 @@
+"""End to end through ``run_pipeline`` on the tiny models: every pipeline input kind and mode, on local paths
+and on the moto S3 server, with every output file opened and checked, exact accounting, determinism, CLIP
+filtering and resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from pipelines.config import PipelineConfig
+from pipelines.run import RunReport, run_pipeline
+from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+RESOLUTION = 64
+ALL_FORMATS = ["parquet", "webdataset", "embeddings"]
+# 2 CPUs: two actors at 0.5 leave room for the preprocess / write tasks
+RESOURCES = {"cpus_per_actor": 0.5, "clip_cpus_per_actor": 0.5, "preprocess_cpus": 0.5, "batch_size": 4}
+LONG_PROMPT = " ".join(f"word{i}" for i in range(120))  # far more than 77 CLIP tokens
+PROMPT_LINES = [
+    "a red circle",
+    "",
+    "a blue square on grey",
+    LONG_PROMPT,
+    "   ",
+    "a green triangle",
+    "two cats",
+]
+EMPTY = "input: empty prompt"
+
+
+# --- fixtures and helpers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(tiny UniDiffuser v1 checkpoint, tiny CLIP) folders, written once for the module."""
+    root = tmp_path_factory.mktemp("models")
+    return str(write_tiny_checkpoint(root / "unidiffuser", version=1)), str(write_tiny_clip(root / "clip"))
+
+
+@dataclass
+class Place:
+    """A root folder, local or on the loopback S3, where a test puts its inputs and outputs."""
+
+    root: str
+    options: dict  # fsspec options for the test's own reads and writes
+    storage: dict  # the job's ``storage`` section
+
+    def uri(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel}"
+
+    def put(self, rel: str, data: bytes) -> str:
+        fs, path = fsspec.core.url_to_fs(self.uri(rel), **self.options)
+        if not self.root.startswith("s3://"):
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.pipe_file(path, data)
+        return self.uri(rel)
+
+
+def make_place(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> Place:
+    if where == "local":
+        return Place(str(tmp_path), {}, {})
+    bucket = request.getfixturevalue("s3_bucket")
+    return Place(
+        f"s3://{bucket}",
+        request.getfixturevalue("s3fs_storage_options"),
+        {"endpoint_url": request.getfixturevalue("s3_endpoint")},
+    )
+
+
+def make_config(
+    models: tuple[str, str],
+    *,
+    mode: str,
+    input: dict,
+    output: str,
+    storage: dict | None = None,
+    seed: int = 0,
+    shard_size: int = 3,
+    formats: list[str] | None = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
+) -> PipelineConfig:
+    checkpoint, clip = models
+    return PipelineConfig.model_validate(
+        {
+            "name": f"e2e-{mode}",
+            "input": input,
+            "model": {
+                "checkpoint": checkpoint,
+                "mode": mode,
+                "steps": 2,
+                "caption_beams": 2,
+                "caption_max_tokens": 10,
+            },  # fmt: skip
+            "clip": {"enabled": True, "model": clip, "min_score": min_score, "max_score": max_score},
+            "output": {"uri": output, "formats": formats or ALL_FORMATS, "shard_size": shard_size},
+            "resources": RESOURCES,
+            "seed": seed,
+            "storage": storage or {},
+        }
+    )
+
+
+def run(config: PipelineConfig) -> RunReport:
+    return run_pipeline(config, progress=False)
+
+
+def image_bytes(size: tuple[int, int], color: Any, *, fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    image = Image.new(mode, size, color)
+    for x in range(0, size[0], 7):  # some structure, so images differ beyond their colour
+        image.putpixel((x, x % size[1]), (255, 255, 255, 255)[: len(image.getbands())])
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def tar_bytes(samples: list[dict[str, bytes | str]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for sample in samples:
+            for ext, data in sample.items():
+                if ext == "__key__":
+                    continue
+                payload = data.encode() if isinstance(data, str) else data
+                info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def read_tree(uri: str, options: dict) -> dict[str, bytes]:
+    """Every file under ``uri`` by relative path."""
+    fs, root = fsspec.core.url_to_fs(uri, **options)
+    fs.invalidate_cache()
+    root = root.rstrip("/")
+    paths = sorted(fs.find(root))
+    data = fs.cat(paths) if paths else {}
+    return {p[len(root) + 1 :]: data[p] for p in paths}
+
+
+def decode_image(data: bytes, fmt: str = "jpg") -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    assert image.format == {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt]
+    assert image.size == (RESOLUTION, RESOLUTION)
+    return image
+
+
+@dataclass
+class Output:
+    summary: dict
+    markers: dict[int, dict]
+    written: dict[str, dict]  # key -> parquet shard row
+    rejected: dict[str, dict]  # key -> rejected row
+    errors: dict[str, dict]  # key -> error row
+    files: dict[str, bytes]
+
+
+def verify_output(
+    files: dict[str, bytes],
+    *,
+    mode: str,
+    expected_keys: set[str],
+    tmp_path: Path,
+    has_image: bool = True,
+    has_text: bool = True,
+) -> Output:
+    """Open every output file, check each format against the others, and check the exact accounting."""
+    assert not [f for f in files if f.endswith(".tmp") or "/." in f], "no temporary files may remain"
+    summary = json.loads(files["_summary.json"])
+    markers = {
+        int(m.group(1)): json.loads(data)
+        for name, data in files.items()
+        if (m := re.fullmatch(r"_units/(\d{5})\.json", name))
+    }
+    assert sorted(markers) == list(range(summary["units"]))
+    owned: set[str] = set()
+    written: dict[str, dict] = {}
+    rejected: dict[str, dict] = {}
+    errors: dict[str, dict] = {}
+    all_keys: list[str] = []
+    for unit, marker in markers.items():
+        name = f"{unit:05d}"
+        unit_files = {f for f in files if not f.startswith("_") and re.search(rf"(?<!\d){name}(?!\d)", f)}
+        assert unit_files == set(marker["files"]), f"unit {name}: files on disk vs marker"
+        owned |= unit_files
+        rows = pq.read_table(io.BytesIO(files[f"shards/{name}.parquet"])).to_pylist()
+        by_key = {row["key"]: row for row in rows}
+        assert len(by_key) == len(rows)
+        for row in rows:
+            assert row["mode"] == mode
+            if has_image:
+                decode_image(row["image"], row["image_format"])
+                assert (row["width"], row["height"]) == (RESOLUTION, RESOLUTION)
+            else:
+                assert row["image"] is None
+            if has_text:
+                assert isinstance(row["text"], str)
+            assert -1.0 <= row["clip_score"] <= 1.0
+            assert json.loads(row["params"])["steps"] == 2
+            for column in ("img_emb", "text_emb"):
+                if row[column] is not None:
+                    assert np.isclose(np.linalg.norm(row[column]), 1.0, atol=1e-4)
+        members = verify_tar(files[f"shards/{name}.tar"], rows, tmp_path / f"{name}.tar")
+        stats = json.loads(files[f"shards/{name}_stats.json"])
+        assert (stats["count"], stats["successes"]) == (marker["inputs"], marker["written"])
+        assert (stats["failed_to_process"], stats["rejected"]) == (marker["errored"], marker["rejected"])
+        verify_embeddings(files, name, rows, members)
+        unit_rejected = _rows(files, f"rejected/{name}.parquet")
+        unit_errors = _rows(files, f"errors/{name}.parquet")
+        for row in unit_rejected:
+            assert row["reason"] and row["clip_score"] is not None
+            if has_image:
+                decode_image(row["image"], row["image_format"])
+        for row in unit_errors:
+            assert row["reason"]
+        assert (marker["written"], marker["rejected"], marker["errored"]) == (
+            len(rows),
+            len(unit_rejected),
+            len(unit_errors),
+        )
+        assert marker["inputs"] == len(rows) + len(unit_rejected) + len(unit_errors)
+        for target, unit_rows in ((written, rows), (rejected, unit_rejected), (errors, unit_errors)):
+            for row in unit_rows:
+                all_keys.append(row["key"])
+                target[row["key"]] = row
+    stray = {f for f in files if not f.startswith("_")} - owned
+    assert not stray, f"files that belong to no committed unit: {stray}"
+    duplicates = {k: n for k, n in Counter(all_keys).items() if n > 1}
+    assert not duplicates, f"keys written more than once: {duplicates}"
+    assert set(all_keys) == expected_keys
+    assert summary["inputs"] == len(expected_keys)
+    assert summary["inputs"] == summary["written"] + summary["rejected"] + summary["errored"]
+    assert (summary["written"], summary["rejected"], summary["errored"]) == (
+        len(written),
+        len(rejected),
+        len(errors),
+    )
+    assert summary["rejected_reasons"] == dict(Counter(r["reason"] for r in rejected.values()))
+    assert summary["error_reasons"] == dict(Counter(r["reason"] for r in errors.values()))
+    return Output(summary, markers, written, rejected, errors, files)
+
+
+def _rows(files: dict[str, bytes], name: str) -> list[dict]:
+    return pq.read_table(io.BytesIO(files[name])).to_pylist() if name in files else []
+
+
+def verify_tar(data: bytes, rows: list[dict], local: Path) -> list[str]:
+    """The tar holds exactly the parquet rows, in order, with the same bytes; webdataset reads it."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            base, _, ext = member.name.rpartition("/")[2].partition(".")
+            prefix = member.name.rpartition("/")[0]
+            samples.setdefault(f"{prefix}/{base}" if prefix else base, {})[ext] = tar.extractfile(
+                member
+            ).read()
+    assert len(samples) == len(rows)
+    for (member, sample), row in zip(samples.items(), rows, strict=True):
+        meta = json.loads(sample["json"])
+        assert meta["key"] == row["key"] and meta["status"] == "success"
+        assert meta["seed"] == row["seed"] and meta["clip_score"] == pytest.approx(row["clip_score"])
+        if row["image"] is not None:
+            assert sample[row["image_format"]] == row["image"]
+            decode_image(sample[row["image_format"]], row["image_format"])
+        if row["text"] is not None:
+            assert sample["txt"].decode() == row["text"]
+        assert set(sample) == {"json"} | ({row["image_format"]} if row["image"] else set()) | (
+            {"txt"} if row["text"] is not None else set()
+        ), member
+    local.write_bytes(data)
+    read = list(wds.WebDataset(str(local), shardshuffle=False, empty_check=False))
+    assert [s["__key__"] for s in read] == list(samples)
+    assert [json.loads(s["json"])["key"] for s in read] == [row["key"] for row in rows]
+    return list(samples)
+
+
+def verify_embeddings(files: dict[str, bytes], name: str, rows: list[dict], members: list[str]) -> None:
+    """clip-retrieval npy rows align with the metadata rows and with the shard's embedding columns."""
+    meta_name = f"embeddings/metadata/metadata_{name}.parquet"
+    if not rows:
+        assert meta_name not in files
+        return
+    meta = pq.read_table(io.BytesIO(files[meta_name])).to_pylist()
+    assert [m["key"] for m in meta] == [row["key"] for row in rows]
+    assert [m["caption"] for m in meta] == [row["text"] for row in rows]
+    for m, row, member in zip(meta, rows, members, strict=True):
+        expected = f"{name}.tar/{member}.{row['image_format']}" if row["image"] else row["key"]
+        assert m["image_path"] == expected
+    for column, folder in (("img_emb", "img_emb"), ("text_emb", "text_emb")):
+        path = f"embeddings/{folder}/{folder}_{name}.npy"
+        present = [row[column] is not None for row in rows]
+        if not any(present):
+            assert path not in files
+            continue
+        matrix = np.load(io.BytesIO(files[path]), allow_pickle=False)
+        assert matrix.dtype == np.float32 and matrix.shape[0] == len(rows)
+        # rows without this embedding (an image with no text) hold zeros, keeping npy and metadata aligned
+        dim = matrix.shape[1]
+        expected = [row[column] if row[column] is not None else [0.0] * dim for row in rows]
+        np.testing.assert_allclose(matrix, np.array(expected, np.float32), atol=1e-6)
+        norms = np.linalg.norm(matrix, axis=1)
+        np.testing.assert_allclose(norms[present], 1.0, atol=1e-4)
+        assert not norms[~np.array(present)].any()
+
+
+def assert_errors(out: Output, expected: dict[str, str]) -> None:
+    """Exactly the ``expected`` keys errored, each reason containing the expected text."""
+    assert set(out.errors) == set(expected), {k: r["reason"] for k, r in out.errors.items()}
+    for key, text in expected.items():
+        assert text in out.errors[key]["reason"], (key, out.errors[key]["reason"])
+
+
+def images_by_key(out: Output) -> dict[str, bytes]:
+    return {k: row["image"] for k, row in out.written.items()}
+
+
+# --- inputs --------------------------------------------------------------------------------------------------
+
+
+def prompt_keys(stem: str, n: int) -> set[str]:
+    return {f"{stem}-{i:09d}" for i in range(n)}
+
+
+def put_txt(place: Place) -> tuple[dict, set[str], dict[str, str]]:
+    uri = place.put("in/prompts.txt", ("\n".join(PROMPT_LINES) + "\n").encode())
+    errors = {f"prompts-{i:09d}": EMPTY for i, p in enumerate(PROMPT_LINES) if not p.strip()}
+    return {"kind": "prompts", "uri": uri}, prompt_keys("prompts", len(PROMPT_LINES)), errors
+
+
+def put_jsonl(place: Place) -> tuple[dict, set[str], dict[str, str]]:
+    lines = [json.dumps({"prompt": "a yellow star"}), json.dumps({"text": "a purple moon"}), "",
+             json.dumps({"prompt": LONG_PROMPT, "id": 3}), "{not json", json.dumps({"prompt": ""}),
+             json.dumps({"prompt": 7}), json.dumps({"prompt": "an orange cube"})]  # fmt: skip
+    uri = place.put("in/prompts.jsonl", ("\n".join(lines) + "\n").encode())
+    errors = {
+        "prompts-000000002": "empty line",
+        "prompts-000000004": "invalid JSON",
+        "prompts-000000005": EMPTY,
+        "prompts-000000006": "not a string",
+    }
+    return {"kind": "prompts", "uri": uri}, prompt_keys("prompts", len(lines)), errors
+
+
+def put_image_folder(place: Place) -> tuple[dict, set[str], dict[str, str]]:
+    place.put("in/images/cat.png", image_bytes((80, 60), (200, 30, 30)))
+    place.put("in/images/dog.jpg", image_bytes((40, 40), (20, 160, 40), fmt="JPEG"))  # upscaled
+    place.put("in/images/sub/bird.webp", image_bytes((64, 96), (10, 20, 200, 128), fmt="WEBP", mode="RGBA"))
+    place.put("in/images/gray.png", image_bytes((70, 70), 90, mode="L"))
+    place.put("in/images/broken.jpg", image_bytes((50, 50), (1, 2, 3), fmt="JPEG")[:60])  # corrupt
+    place.put("in/images/notes.md", b"# not an image\n")
+    place.put("in/images/cat.txt", b"a sidecar caption, skipped")
+    errors = {"broken": "undecodable image", "notes": "not an image file"}
+    keys = {"cat", "dog", "sub/bird", "gray", "broken", "notes"}
+    return {"kind": "images", "uri": place.uri("in/images")}, keys, errors
+
+
+def put_tars(place: Place) -> tuple[dict, set[str], dict[str, str]]:
+    good = [
+        {
+            "__key__": f"s{i}",
+            "jpg": image_bytes((72, 64), (i * 60, 90, 30), fmt="JPEG"),
+            "txt": f"shape {i}",
+            "json": json.dumps({"i": i}),
+        }  # fmt: skip
+        for i in range(3)
+    ]
+    place.put("in/tars/part-0.tar", tar_bytes(good))
+    cut = [{"__key__": f"t{i}", "png": image_bytes((64, 64), (30, i * 70, 200))} for i in range(3)]
+    data = tar_bytes(cut)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        cut_at = next(m for m in tar.getmembers() if m.name == "t2.png").offset_data + 20
+    place.put("in/tars/part-1.tar", data[:cut_at])  # truncated inside the last sample
+    keys = {"s0", "s1", "s2", "t0", "t1", "part-1-error"}
+    return {"kind": "images", "uri": place.uri("in/tars")}, keys, {"part-1-error": "truncated or corrupt tar"}
+
+
+def count_input(place: Place) -> tuple[dict, set[str], dict[str, str]]:
+    return {"kind": "count", "count": 5}, {f"{i:09d}" for i in range(5)}, {}
+
+
+CASES: dict[str, tuple[str, Callable[[Place], tuple[dict, set[str], dict[str, str]]], bool]] = {
+    # name: (mode, input builder, whether written rows have an input-independent text)
+    "t2i-txt": ("t2i", put_txt, True),
+    "t2i-jsonl": ("t2i", put_jsonl, True),
+    "joint-count": ("joint", count_input, True),
+    "i2t-folder": ("i2t", put_image_folder, True),
+    "i2t-tars": ("i2t", put_tars, True),
+    "i2t2i-folder": ("i2t2i", put_image_folder, False),  # images without captions: no paired text
+    "i2t2i-tars": ("i2t2i", put_tars, False),  # the tar captions (where there are some) are the paired text
+}
+# t2i-txt on local paths is the module's base run (test_t2i_txt_local_base_run)
+PARAMS = [(c, w) for c in CASES for w in ("local", "s3") if (c, w) != ("t2i-txt", "local")]
+
+
+# --- every mode and input kind, local and S3 -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("case", "where"), PARAMS, ids=[f"{c}-{w}" for c, w in PARAMS])
+def test_mode_end_to_end(
+    case: str, where: str, models: tuple[str, str], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    mode, build, has_text = CASES[case]
+    place = make_place(where, request, tmp_path)
+    input_spec, keys, expected_errors = build(place)
+    out_uri = place.uri("out")
+    report = run(make_config(models, mode=mode, input=input_spec, output=out_uri, storage=place.storage))
+    assert report.did_model_work and report.units_skipped == 0
+    assert report.units_total == -(-len(keys) // 3)
+    out = verify_output(
+        read_tree(out_uri, place.options), mode=mode, expected_keys=keys, tmp_path=tmp_path, has_text=has_text
+    )
+    assert_errors(out, expected_errors)
+    assert not out.rejected  # no CLIP bounds
+    assert out.summary["units_run"] == report.units_total and out.summary["name"] == f"e2e-{mode}"
+    rows = out.written.values()
+    if mode == "t2i":
+        assert all(row["text"] == row["prompt"] and row["caption"] is None for row in rows)
+        long_rows = [row for row in rows if row["prompt"] == LONG_PROMPT]
+        assert len(long_rows) == 1  # a prompt over 77 tokens is truncated for the model, kept whole
+    elif mode in ("i2t", "joint"):
+        assert all(row["text"] == row["caption"] and isinstance(row["caption"], str) for row in rows)
+    else:  # i2t2i: the caption is never decoded; the paired text is the input's own caption, if any
+        assert all(row["caption"] is None and row["text"] == row["prompt"] for row in rows)
+    if case.endswith("tars"):
+        assert {k: row["prompt"] for k, row in out.written.items() if k.startswith("s")} == {
+            f"s{i}": f"shape {i}" for i in range(3)
+        }
+        assert out.written["t0"]["prompt"] is None
+    if where == "s3":
+        assert all(row["source"].startswith("s3://") for row in rows) or mode == "joint"
+        assert not list(Path(tmp_path).glob("out*")), "S3 jobs must not write locally"
+    # the rows' seeds are the per-record seeds derived from the job seed and key
+    assert len({row["seed"] for row in rows}) == len(out.written)
+
+
+# --- the base t2i run: determinism, CLIP bounds and resume ------------------------------------------------------
+
+
+@dataclass
+class BaseRun:
+    place: Place
+    input: dict
+    keys: set[str]
+    errors: dict[str, str]
+    out_uri: str
+    out: Output
+
+
+@pytest.fixture(scope="module")
+def base_run(models: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> BaseRun:
+    """t2i from a local .txt of prompts (with empty lines and a long prompt), 3 units, all formats."""
+    tmp = tmp_path_factory.mktemp("base")
+    place = Place(str(tmp), {}, {})
+    input_spec, keys, errors = put_txt(place)
+    out_uri = str(tmp / "out")
+    report = run(make_config(models, mode="t2i", input=input_spec, output=out_uri))
+    assert report.did_model_work and report.units_total == 3
+    out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp)
+    return BaseRun(place, input_spec, keys, errors, out_uri, out)
+
+
+def test_t2i_txt_local_base_run(base_run: BaseRun) -> None:
+    out = base_run.out
+    assert_errors(out, base_run.errors)
+    assert out.summary["error_reasons"] == {EMPTY: 2}
+    assert (out.summary["inputs"], out.summary["written"], out.summary["errored"]) == (7, 5, 2)
+    assert {row["prompt"] for row in out.written.values()} == {p for p in PROMPT_LINES if p.strip()}
+    assert {m["written"] for m in out.markers.values()} <= {1, 2, 3}
+    assert out.summary["units_skipped"] == 0 and out.summary["units_run"] == 3
+
+
+def test_same_job_twice_is_byte_identical_and_another_seed_differs(
+    base_run: BaseRun, models: tuple[str, str], tmp_path: Path
+) -> None:
+    again = str(tmp_path / "again")
+    run(make_config(models, mode="t2i", input=base_run.input, output=again))
+    out_again = verify_output(
+        read_tree(again, {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path
+    )
+    first = images_by_key(base_run.out)
+    assert images_by_key(out_again) == first
+    assert {k: r["seed"] for k, r in out_again.written.items()} == {
+        k: r["seed"] for k, r in base_run.out.written.items()
+    }
+    for name, data in base_run.out.files.items():  # all but the tar (member mtimes) and the summary
+        if not name.endswith((".tar", "_summary.json")):
+            assert out_again.files[name] == data, name
+
+    other = str(tmp_path / "other-seed")
+    run(make_config(models, mode="t2i", input=base_run.input, output=other, seed=1))
+    out_other = verify_output(
+        read_tree(other, {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path
+    )
+    other_images = images_by_key(out_other)
+    assert set(other_images) == set(first)
+    assert all(other_images[k] != first[k] for k in first), "a different job seed must change every image"
+    assert all(out_other.written[k]["seed"] != base_run.out.written[k]["seed"] for k in first)
+
+
+def test_clip_bounds_reject_records_with_score_and_reason(
+    base_run: BaseRun, models: tuple[str, str], tmp_path: Path
+) -> None:
+    scores = {k: row["clip_score"] for k, row in base_run.out.written.items()}
+    ordered = sorted(scores.values())
+    assert len(set(ordered)) == len(ordered) >= 4, ordered
+    low = (ordered[0] + ordered[1]) / 2
+    high = (ordered[-2] + ordered[-1]) / 2
+    out_uri = str(tmp_path / "filtered")
+    run(make_config(models, mode="t2i", input=base_run.input, output=out_uri, min_score=low, max_score=high))
+    out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path)
+    below = {k for k, s in scores.items() if s < low}
+    above = {k for k, s in scores.items() if s > high}
+    assert len(below) == len(above) == 1
+    assert set(out.rejected) == below | above
+    for key, row in out.rejected.items():
+        assert row["clip_score"] == pytest.approx(scores[key], abs=1e-6)
+        assert row["reason"] == (f"clip_score below {low}" if key in below else f"clip_score above {high}")
+        assert row["image"] == base_run.out.written[key]["image"]  # the rejected image is kept for review
+    assert not (set(out.written) & set(out.rejected))
+    assert set(out.written) == set(scores) - below - above
+    assert all(low <= row["clip_score"] <= high for row in out.written.values())
+    assert out.summary["rejected_reasons"] == {f"clip_score below {low}": 1, f"clip_score above {high}": 1}
+    assert out.summary["rejected"] == 2 and out.summary["written"] == len(scores) - 2
+    assert_errors(out, base_run.errors)
+    assert {k: r["image"] for k, r in out.written.items()} == {
+        k: base_run.out.written[k]["image"] for k in out.written
+    }
+
+
+def _stat_tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def _tar_contents(data: bytes) -> list[tuple[str, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
+def test_resume_skips_committed_units_and_redoes_a_lost_one(
+    base_run: BaseRun, models: tuple[str, str], tmp_path: Path
+) -> None:
+    root = tmp_path / "out"
+    shutil.copytree(base_run.out_uri, root)  # copy2: mtimes kept
+    config = make_config(models, mode="t2i", input=base_run.input, output=str(root))
+    before = _stat_tree(root)
+
+    report = run(config)
+    assert not report.did_model_work
+    assert (report.units_total, report.units_skipped, report.units_run) == (3, 3, 0)
+    after = _stat_tree(root)
+    assert set(after) == set(before)
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed <= {"_summary.json"}, f"a resume with nothing to do changed {changed}"
+    summary = json.loads((root / "_summary.json").read_text())
+    for name in ("inputs", "written", "rejected", "errored", "error_reasons", "rejected_reasons"):
+        assert summary[name] == base_run.out.summary[name]
+    assert (summary["units_skipped"], summary["units_run"]) == (3, 0)
+
+    (root / "_units" / "00001.json").unlink()
+    report = run(config)
+    assert report.did_model_work
+    assert (report.units_total, report.units_skipped, report.units_run) == (3, 2, 1)
+    redone = _stat_tree(root)
+    assert set(redone) == set(before)
+    touched = {name for name in before if redone[name][0] != before[name][0]}
+    unit1 = set(base_run.out.markers[1]["files"]) | {"_units/00001.json"}
+    assert touched == unit1 | {"_summary.json"}, "only unit 00001's files may be rewritten"
+    out = verify_output(read_tree(str(root), {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path)
+    for name, data in base_run.out.files.items():
+        if name.endswith(".tar"):
+            assert _tar_contents(out.files[name]) == _tar_contents(data), name
+        elif name != "_summary.json":
+            assert out.files[name] == data, name
+    for name in ("inputs", "written", "rejected", "errored", "error_reasons", "rejected_reasons", "units"):
+        assert out.summary[name] == base_run.out.summary[name]
+
+
+def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, str], tmp_path: Path) -> None:
+    samples = [
+        {"__key__": f"m{i}", "png": image_bytes((64, 64), (i * 50, 90, 30))}
+        | ({"txt": f"cap {i}"} if i % 2 else {})
+        for i in range(4)
+    ]
+    place = Place(str(tmp_path), {}, {})
+    place.put("in/mixed.tar", tar_bytes(samples))
+    out_uri = str(tmp_path / "out")
+    config = make_config(
+        models, mode="i2t2i", input={"kind": "images", "uri": place.uri("in")}, output=out_uri, shard_size=4
+    )
+    run(config)
+    out = verify_output(
+        read_tree(out_uri, {}),
+        mode="i2t2i",
+        expected_keys={f"m{i}" for i in range(4)},
+        tmp_path=tmp_path,
+        has_text=False,
+    )
+    assert {k: r["text"] for k, r in out.written.items()} == {
+        "m0": None,
+        "m1": "cap 1",
+        "m2": None,
+        "m3": "cap 3",
+    }
