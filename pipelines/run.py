@@ -40,6 +40,7 @@ class RunReport:
     units_total: int
     units_skipped: int
     units_run: int
+    stats: str = ""  # Ray Data's per-operator execution statistics ("" when nothing ran)
 
     @property
     def did_model_work(self) -> bool:
@@ -155,6 +156,7 @@ def run_pipeline(
     planned = plan_input(config)
     done = frozenset(committed_units(config.output.uri, options)) & {u.index for u in planned.units}
     todo = planned.num_units - len(done)
+    stats = ""
     if todo == 0:
         log.info("all %d units already committed: no model work to do", planned.num_units)
     else:
@@ -166,6 +168,7 @@ def run_pipeline(
                 row["unit"],
                 {k: row[k] for k in ("written", "rejected", "errored")},
             )
+        stats = ds.stats()
     summary = write_summary(
         config.output.uri,
         inputs=planned.num_records,
@@ -180,4 +183,6 @@ def run_pipeline(
             "name": config.name,
         },
     )
-    return RunReport(summary=summary, units_total=planned.num_units, units_skipped=len(done), units_run=todo)
+    return RunReport(
+        summary=summary, units_total=planned.num_units, units_skipped=len(done), units_run=todo, stats=stats
+    )

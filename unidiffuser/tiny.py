@@ -110,8 +110,14 @@ def _init_uvit(model: UViT, generator: torch.Generator) -> None:
                 param.normal_(0.0, 0.3 / max(1, param.shape[-1]) ** 0.5 * 2, generator=generator)
 
 
-def write_tiny_checkpoint(path: str | os.PathLike, *, version: int = 1, seed: int = 0) -> Path:
-    """Write a full tiny checkpoint (v0 or v1) to ``path`` and return it."""
+def write_tiny_checkpoint(
+    path: str | os.PathLike, *, version: int = 1, seed: int = 0, uvit_config: UViTConfig | None = None
+) -> Path:
+    """Write a full tiny checkpoint (v0 or v1) to ``path`` and return it.
+
+    ``uvit_config`` replaces the tiny U-ViT (e.g. a wider one for benchmarks); its text_dim, clip_img_dim,
+    latent size and channels must stay those of the tiny encoders (8, 16, 8, 4).
+    """
     if version not in (0, 1):
         raise ValueError(f"version must be 0 or 1, got {version}")
     root = Path(path)
@@ -161,7 +167,7 @@ def write_tiny_checkpoint(path: str | os.PathLike, *, version: int = 1, seed: in
     )
     vae.save_pretrained(root / "vae")
 
-    uvit_config = tiny_uvit_config(version)
+    uvit_config = uvit_config or tiny_uvit_config(version)
     uvit = UViT(uvit_config)
     _init_uvit(uvit, generator)
     _save_module(uvit, uvit_config.to_dict(), root / "unet", "diffusion_pytorch_model.safetensors")
