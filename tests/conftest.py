@@ -89,3 +89,15 @@ def s3_bucket(s3_endpoint: str) -> str:
 def s3fs_storage_options(s3_endpoint: str) -> dict:
     """Storage options for fsspec/s3fs that reach the loopback server (as production passes an endpoint)."""
     return {"client_kwargs": {"endpoint_url": s3_endpoint}, "key": "testing", "secret": "testing"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need CUDA: they are skipped (with the reason shown) where there is none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -19,18 +19,20 @@ class NoiseSource(Protocol):
 
 
 class RecordNoise:
-    """One ``torch.Generator`` per record, seeded from the record's seed."""
+    """One ``torch.Generator`` per record, seeded from the record's seed.
+
+    Draws are made on the CPU (in float32) and then moved to the engine's device and dtype, so a seed means
+    the same noise on every machine: CPU and GPU runs of a job start from identical latents.
+    """
 
     def __init__(self, seeds: list[int], device: torch.device | str, dtype: torch.dtype):
         self.device = torch.device(device)
         self.dtype = dtype
-        self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def draw(self, shape: tuple[int, ...]) -> torch.Tensor:
-        draws = [
-            torch.randn(shape, generator=g, device=self.device, dtype=torch.float32) for g in self.generators
-        ]
-        return torch.stack(draws).to(self.dtype)
+        draws = [torch.randn(shape, generator=g, dtype=torch.float32) for g in self.generators]
+        return torch.stack(draws).to(self.device, self.dtype)
 
     def subset(self, indices: list[int]) -> RecordNoise:
         """The same generators (state shared) for a subset of records."""
