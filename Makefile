@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/ruff format --check .
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
