@@ -69,7 +69,7 @@ class CaptionDecoder(nn.Module):
         """CLIP text encoder hidden states (B, 77, 768) -> UniDiffuser text latent (B, 77, 64)."""
         return self.encode_prefix(clip_text_embeds)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         text_latents: torch.Tensor,

@@ -29,7 +29,7 @@ class Codecs:
     def max_prompt_tokens(self) -> int:
         return int(self.c.clip_tokenizer.model_max_length)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         """Text latents (B, 77, text_dim) and, per prompt, whether it was cut to the CLIP context length."""
         tokenizer = self.c.clip_tokenizer
@@ -40,7 +40,7 @@ class Codecs:
         latents = self.c.text_decoder.encode(hidden.to(self.dtype))
         return latents.float(), [n > limit for n in full_lengths]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_images(
         self, pixels: list[np.ndarray], noise: NoiseSource
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,7 @@ class Codecs:
         embeds = self._chunked(lambda x: self.c.image_encoder(pixel_values=x).image_embeds, pixel_values)
         return img_vae.float(), embeds.unsqueeze(1).float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_images(self, img_vae: torch.Tensor) -> list[np.ndarray]:
         """VAE latents -> uint8 (H, W, 3) images."""
         vae = self.c.vae
@@ -67,7 +67,7 @@ class Codecs:
         images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return list((images * 255).round().astype(np.uint8))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_captions(self, text: torch.Tensor, *, num_beams: int, max_new_tokens: int) -> list[str]:
         """Text latents -> captions, one batched beam search."""
         tokenizer = self.c.text_tokenizer

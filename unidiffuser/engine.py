@@ -146,7 +146,8 @@ class UniDiffuserEngine:
     ) -> list[Result]:
         noise = lambda idx: RecordNoise([seeds[i] for i in idx], self.device, self.config.torch_dtype)  # noqa: E731
         try:
-            return work([p for _, p in chunk], noise([i for i, _ in chunk]))
+            with torch.inference_mode():
+                return work([p for _, p in chunk], noise([i for i, _ in chunk]))
         except (torch.cuda.OutOfMemoryError, RuntimeError, ValueError) as exc:
             if len(chunk) == 1:
                 log.exception("engine failed on a record")

@@ -25,7 +25,7 @@ class Denoiser:
         self.data_type = data_type
         self.dtype = dtype
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(
         self,
         img_vae: torch.Tensor,
