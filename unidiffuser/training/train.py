@@ -20,6 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+# OpenMP threads that spin while waiting are many times slower when another process holds a core (a shared
+# CI machine); this only takes effect if torch is not imported yet (as with ``python -m``).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 from diffusers import AutoencoderKL

@@ -28,7 +28,9 @@ class VAEConfig:
     lr: float = 1e-3
     warmup: int = 50
     kl_weight: float = 1e-6
-    foreground_weight: float = 10.0  # extra loss weight of object pixels (they are a small part of each image)
+    foreground_weight: float = (
+        10.0  # extra loss weight of object pixels (they are a small part of each image)
+    )
     initial_logvar: float = -5.0
     amp: bool = False
 
