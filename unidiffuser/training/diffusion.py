@@ -7,6 +7,12 @@ text latent (its own timestep) are noised with independent timesteps and the net
 0, no noise: the conditionals t2i and i2t) or at maximal noise (timestep 1000, pure noise: the marginals and
 the unconditional branches of classifier-free guidance). A clean or pure-noise modality carries no noise to
 predict and is left out of the loss. The data-type token is always 1.
+
+Loss weighting: with the noise (epsilon) parameterisation, an error in the predicted clean latent at high noise
+shows up in the noise error shrunk by the signal-to-noise ratio, so a plain noise MSE barely teaches the
+coarse structure (layout, colours, which words) that sampling decides first. Each modality's squared error is
+weighted by ``clamp(1 / SNR(t), 1, snr_weight_max)`` (the clean-latent error, capped), and the weighted errors
+are normalised by the weights: still an MSE on the concatenation of the noises, reweighted over timesteps.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class UViTTrainConfig:
     p_image_clean: float = 0.15  # i2t conditional
     p_text_max: float = 0.1  # image marginal / unconditional t2i branch
     p_image_max: float = 0.1  # text marginal / unconditional i2t branch
+    snr_weight_max: float = 20.0  # 1 = the plain noise MSE
     amp: bool = True
 
     def to_dict(self) -> dict:
@@ -144,16 +151,24 @@ def unidiffuser_loss(
         "clip": ((out_clip.float() - n_clip.to(device)) ** 2).flatten(1).sum(1),
         "text": ((out_text.float() - n_text.to(device)) ** 2).flatten(1).sum(1),
     }
-    img_w, text_w = img_in.float().to(device), text_in.float().to(device)
+    img_w = (img_in.float() * snr_weight(t_img, alphas, cfg.snr_weight_max)).to(device)
+    text_w = (text_in.float() * snr_weight(t_text, alphas, cfg.snr_weight_max)).to(device)
     dims = {"vae": vae[0].numel(), "clip": clip[0].numel(), "text": text[0].numel()}
     total = img_w * (dims["vae"] + dims["clip"]) + text_w * dims["text"]
     per_pair = img_w * (sq["vae"] + sq["clip"]) + text_w * sq["text"]
     loss = per_pair.sum() / total.sum().clamp_min(1)
-    parts = {
+    img_n, text_n = img_in.float().to(device), text_in.float().to(device)
+    parts = {  # the plain (unweighted) noise MSE of each modality, for the log
         k: float((sq[k].detach() * w).sum() / (w.sum() * dims[k]).clamp_min(1))
-        for k, w in (("vae", img_w), ("clip", img_w), ("text", text_w))
+        for k, w in (("vae", img_n), ("clip", img_n), ("text", text_n))
     }
     return loss, parts
+
+
+def snr_weight(t: torch.Tensor, alphas: torch.Tensor, cap: float) -> torch.Tensor:
+    """clamp(1 / SNR(t), 1, cap) for timesteps 0..999 (other timesteps: 1; they are masked anyway)."""
+    a = alphas[t.clamp(0, 999)]
+    return ((1 - a) / a).clamp(1.0, max(1.0, cap))
 
 
 def alphas_cumprod(scheduler_config: dict) -> torch.Tensor:

@@ -306,7 +306,7 @@ class ParsedCaption:
 
     @property
     def pairs(self) -> list[tuple[str, str | None]]:
-        return sorted(o.pair for o in self.objects)
+        return sorted((o.pair for o in self.objects), key=lambda p: (p[0], p[1] or ""))
 
 
 def parse_caption(text: str) -> ParsedCaption:
