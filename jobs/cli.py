@@ -29,7 +29,8 @@ def _fail(message: str) -> int:
     return 2
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _checked(args: argparse.Namespace, failure: str):
+    """The spec, validated and pre-flighted; or the exit code after printing every problem."""
     try:
         config = _load(args)
     except SpecError as exc:
@@ -38,21 +39,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     problems = preflight(config)
     if problems:
-        return _fail("spec is valid but not runnable:\n" + "\n".join(f"  - {p}" for p in problems))
+        return _fail(f"{failure}:\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _checked(args, "spec is valid but not runnable")
+    if isinstance(config, int):
+        return config
     print(f"ok: {args.spec} ({config.model.mode.value}, {config.input.kind} -> {config.output.uri})")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args)
-    except SpecError as exc:
-        return _fail(str(exc))
-    from jobs.validate import preflight
-
-    problems = preflight(config)
-    if problems:
-        return _fail("cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
+    config = _checked(args, "cannot run")
+    if isinstance(config, int):
+        return config
     import ray
 
     from pipelines.run import run_pipeline

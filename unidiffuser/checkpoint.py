@@ -43,6 +43,20 @@ COMPONENTS = (
     "text_tokenizer",
     "scheduler",
 )
+# model_index.json of the layout. The hub names the library of unet/text_decoder "unidiffuser"; diffusers would
+# resolve that as a top-level module (this package), so "diffusers", which exports both classes, is written.
+MODEL_INDEX = {
+    "_class_name": "UniDiffuserPipeline",
+    "clip_image_processor": ["transformers", "CLIPImageProcessor"],
+    "clip_tokenizer": ["transformers", "CLIPTokenizer"],
+    "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+    "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+    "text_decoder": ["diffusers", "UniDiffuserTextDecoder"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_tokenizer": ["transformers", "GPT2Tokenizer"],
+    "unet": ["diffusers", "UniDiffuserModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
 _COMPLETE_MARKER = ".unidiffuser-complete"
 WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",

@@ -61,6 +61,8 @@ from transformers import (
     GPT2Tokenizer,
 )
 
+from unidiffuser.checkpoint import MODEL_INDEX
+
 logger = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
@@ -80,20 +82,6 @@ SCHEDULER_KWARGS = {
     "num_train_timesteps": 1000,
 }
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-# The hub's thu-ml/unidiffuser-v1 names the library of unet/text_decoder "unidiffuser"; diffusers resolves that
-# as a top-level module, which here is THIS package. Both classes are exported by diffusers itself.
-MODEL_INDEX = {
-    "_class_name": "UniDiffuserPipeline",
-    "clip_image_processor": ["transformers", "CLIPImageProcessor"],
-    "clip_tokenizer": ["transformers", "CLIPTokenizer"],
-    "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-    "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
-    "text_decoder": ["diffusers", "UniDiffuserTextDecoder"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "text_tokenizer": ["transformers", "GPT2Tokenizer"],
-    "unet": ["diffusers", "UniDiffuserModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
 _GPT2_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 _UVIT_SHAPE_KEYS = (
     "patch_embed.proj.weight",

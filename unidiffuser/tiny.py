@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from unidiffuser.caption_decoder import CaptionDecoder
+from unidiffuser.checkpoint import MODEL_INDEX
 from unidiffuser.uvit import UViT, UViTConfig
 
 CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
@@ -214,17 +215,3 @@ def write_tiny_clip(path: str | os.PathLike, *, seed: int = 0) -> Path:
         root
     )
     return root
-
-
-MODEL_INDEX = {
-    "_class_name": "UniDiffuserPipeline",
-    "clip_image_processor": ["transformers", "CLIPImageProcessor"],
-    "clip_tokenizer": ["transformers", "CLIPTokenizer"],
-    "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-    "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
-    "text_decoder": ["diffusers", "UniDiffuserTextDecoder"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "text_tokenizer": ["transformers", "GPT2Tokenizer"],
-    "unet": ["diffusers", "UniDiffuserModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
