@@ -117,9 +117,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from jobs.demo import run_demo
+    from jobs.demo import DemoModelMissing, run_demo
 
-    return run_demo(Path(args.out), quiet=args.quiet)
+    try:
+        return run_demo(Path(args.out), model=args.model, quiet=args.quiet)
+    except DemoModelMissing as exc:
+        return _fail(str(exc))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,8 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=24)
     p.add_argument("--sheet", help="where to write the contact sheet PNG (default: OUTPUT/contact_sheet.png)")
     p.set_defaults(func=cmd_inspect)
-    p = sub.add_parser("demo", help="run the embedded demo: tiny models, shipped inputs, local Ray on CPU")
+    p = sub.add_parser(
+        "demo", help="run the embedded demo: the trained shapes model, shipped inputs, local Ray on CPU"
+    )
     p.add_argument("--out", default="demo-output")
+    p.add_argument(
+        "--model",
+        choices=("shapes", "tiny"),
+        default="shapes",
+        help="shapes: the committed trained checkpoint (default); tiny: random tiny models (plumbing only)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -1,22 +1,47 @@
-"""The embedded demo: writes tiny models, runs the shipped demo specs on local Ray (CPU), inspects them."""
+"""The embedded demo: runs the shipped demo specs on local Ray (CPU) with the trained shapes model, then inspects
+their outputs (counts, reasons, CLIP-score histogram, contact sheet).
+
+The default model is ``models/unidiffuser-shapes``: the small UniDiffuser family trained on the procedural
+shapes world (``python -m unidiffuser.training.train``), committed with the repository; its ``clip/`` folder is the
+demo's CLIP scorer. ``--model tiny`` runs the same jobs on randomly initialised tiny models written on the fly
+(plumbing only: noise images, gibberish captions).
+
+The demo inputs in ``jobs/demo/`` are written by ``write_demo_inputs`` (held-out scenes of the world: every one
+holds a shape-colour pair the model never saw in training) plus deliberately bad records.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-import ray
-
-from jobs.inspect_output import inspect_output
-from jobs.spec import load_spec
-from pipelines.run import run_pipeline
-from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
-
 SPECS = Path(__file__).parent / "specs"
+DEMO_INPUTS = Path(__file__).parent / "demo"
 DEMO_SPECS = ("demo-t2i.yaml", "demo-captions.yaml")
+SHAPES_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "unidiffuser-shapes"
+MODELS = ("shapes", "tiny")
+BAD_PROMPTS = ("", "   ")  # error rows in the demo's output: an empty and a whitespace-only prompt
+DEMO_PROMPTS = 14
+DEMO_IMAGES = 12
 
 
-def prepare_models(folder: Path) -> tuple[Path, Path]:
-    """The demo's checkpoint and CLIP scorer (written once, offline)."""
+class DemoModelMissing(FileNotFoundError):
+    """The trained shapes checkpoint is not where the demo expects it."""
+
+
+def prepare_models(model: str, folder: Path) -> tuple[Path, Path]:
+    """(checkpoint, CLIP scorer) for ``model``: the committed shapes family, or tiny random models written once."""
+    if model == "shapes":
+        if not (SHAPES_CHECKPOINT / "model_index.json").exists():
+            raise DemoModelMissing(
+                f"the trained demo checkpoint is missing at {SHAPES_CHECKPOINT}: use a git checkout of the "
+                "repository, retrain it with `python -m unidiffuser.training.train`, or run `demo --model tiny`"
+            )
+        return SHAPES_CHECKPOINT, SHAPES_CHECKPOINT / "clip"
+    if model != "tiny":
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
+
     checkpoint, clip = folder / "unidiffuser-tiny", folder / "clip-tiny"
     if not (checkpoint / "model_index.json").exists():
         write_tiny_checkpoint(checkpoint, version=1)
@@ -25,20 +50,59 @@ def prepare_models(folder: Path) -> tuple[Path, Path]:
     return checkpoint, clip
 
 
-def run_demo(out: Path, *, quiet: bool = False) -> int:
+def image_file_name(index: int, scene) -> str:
+    """``03-red-circle-and-blue-square-on-grey.png``: the ground truth, readable by people and tests."""
+    objects = "-and-".join(f"{o.colour}-{o.shape}" for o in scene.objects)
+    return f"{index:02d}-{objects}-on-{scene.background}.png"
+
+
+def pairs_from_file_name(name: str) -> list[tuple[str, str]]:
+    """The (shape, colour) pairs an ``image_file_name`` names."""
+    objects = re.sub(r"^\d+-|-on-\w+\.png$", "", name).split("-and-")
+    return sorted((shape, colour) for colour, shape in (o.split("-") for o in objects))
+
+
+def write_demo_inputs(folder: Path = DEMO_INPUTS, seed: int = 0) -> None:
+    """The demo's prompts (held-out captions + bad prompts) and image folder (held-out images, named by their
+    ground truth). The corrupt ``broken.jpg`` and the non-image ``notes.csv`` are kept as they are."""
+    from PIL import Image
+
+    from unidiffuser.training.world import ShapesWorld
+
+    world = ShapesWorld(seed)
+    prompts = [world.sample(i, "heldout").caption for i in range(DEMO_PROMPTS)]
+    lines = prompts[:6] + [BAD_PROMPTS[0]] + prompts[6:10] + [BAD_PROMPTS[1]] + prompts[10:]
+    (folder / "prompts.txt").write_text("\n".join(lines) + "\n")
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for old in images.glob("*.png"):
+        old.unlink()
+    for i in range(DEMO_IMAGES):
+        sample = world.sample(DEMO_PROMPTS + i, "heldout")
+        Image.fromarray(sample.image).save(images / image_file_name(i, sample.scene))
+
+
+def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
+    """Run both demo jobs into ``out`` and print what each made."""
+    import ray
+
+    from jobs.inspect_output import inspect_output
+    from jobs.spec import load_spec
+    from pipelines.run import run_pipeline
+
     out = out.resolve()
-    checkpoint, clip = prepare_models(out / "models")
+    checkpoint, clip = prepare_models(model, out / "models")
     ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     for name in DEMO_SPECS:
         job = Path(name).stem.removeprefix("demo-")
-        config = load_spec(
-            SPECS / name,
-            [f"model.checkpoint={checkpoint}", f"clip.model={clip}", f"output.uri={out / job}"],
-        )
+        overrides = [f"model.checkpoint={checkpoint}", f"clip.model={clip}", f"output.uri={out / job}"]
+        if model == "tiny":  # random models: no meaningful scores to filter on
+            overrides.append("clip.min_score=-1.0")
+        config = load_spec(SPECS / name, overrides)
         report = run_pipeline(config, progress=not quiet)
         s = report.summary
         print(f"\n== {config.name}: {s['inputs']} inputs -> {s['written']} written, {s['rejected']} rejected, "
               f"{s['errored']} errored{'' if report.did_model_work else ' (already done: no model work)'}")  # fmt: skip
-        print(inspect_output(str(out / job), samples=12)[0])
+        print(inspect_output(str(out / job), samples=16)[0])
     print(f"\nshards, rejects, errors and contact sheets are under {out}")
     return 0

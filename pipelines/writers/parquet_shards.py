@@ -38,32 +38,23 @@ SHARD_SCHEMA = pa.schema(
 )
 """An output shard: one row per written record; image columns are null for text-only outputs."""
 
+_REASON = pa.field(r.REASON, pa.string())
+
+
+def _columns(*names: str) -> list[pa.Field]:
+    return [SHARD_SCHEMA.field(name) for name in names]
+
+
 REJECTED_SCHEMA = pa.schema(
     [
-        pa.field(r.KEY, pa.string(), nullable=False),
-        pa.field(r.SOURCE, pa.string()),
-        pa.field(r.MODE, pa.string()),
-        pa.field(r.PROMPT, pa.string()),
-        pa.field(r.TEXT, pa.string()),
-        pa.field(r.CAPTION, pa.string()),
-        pa.field(r.CLIP_SCORE, pa.float64()),
-        pa.field(r.REASON, pa.string()),
-        pa.field(r.IMAGE, pa.binary()),
-        pa.field(r.IMAGE_FORMAT, pa.string()),
-        pa.field(r.SEED, pa.int64()),
+        *_columns(r.KEY, r.SOURCE, r.MODE, r.PROMPT, r.TEXT, r.CAPTION, r.CLIP_SCORE),
+        _REASON,
+        *_columns(r.IMAGE, r.IMAGE_FORMAT, r.SEED),
     ]
 )
 """Records the filter rejected, with their image so a user can look at what was thrown away."""
 
-ERRORS_SCHEMA = pa.schema(
-    [
-        pa.field(r.KEY, pa.string(), nullable=False),
-        pa.field(r.SOURCE, pa.string()),
-        pa.field(r.MODE, pa.string()),
-        pa.field(r.PROMPT, pa.string()),
-        pa.field(r.REASON, pa.string()),
-    ]
-)
+ERRORS_SCHEMA = pa.schema([*_columns(r.KEY, r.SOURCE, r.MODE, r.PROMPT), _REASON])
 """Records some stage could not process, with the reason."""
 
 

@@ -21,7 +21,7 @@ def _tar_with_one_image() -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo("000000000.png")
-        data = (ROOT / "jobs" / "demo" / "images" / "red-circle.png").read_bytes()
+        data = next((ROOT / "jobs" / "demo" / "images").glob("*.png")).read_bytes()
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()

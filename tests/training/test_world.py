@@ -45,6 +45,9 @@ def test_held_out_pairs_never_appear_in_training_and_always_in_heldout():
         assert {o.pair for o in world.scene(i, "heldout").objects} & HELD_OUT_PAIRS
     # everything else is covered: every other shape-colour pair, background, size and position
     assert seen == {(s, c) for s in SHAPES for c in COLOURS} - HELD_OUT_PAIRS
+    # the autoencoder's split (images only) covers every pair, the held-out ones included
+    codec = {o.pair for i in range(3000) for o in world.scene(i, "codec").objects}
+    assert codec == {(s, c) for s in SHAPES for c in COLOURS}
     scenes = [world.scene(i) for i in range(3000)]
     assert {s.background for s in scenes} == set(BACKGROUNDS)
     assert {o.size for s in scenes for o in s.objects} == set(SIZES)

@@ -24,17 +24,17 @@ from unidiffuser.training.world import parse_caption
 @dataclass
 class CaptionConfig:
     n_embd: int = 128
-    n_layer: int = 3
+    n_layer: int = 2
     n_head: int = 4
     n_positions: int = 128
     text_dim: int = 16
-    steps: int = 800
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.01
     latent_noise: float = 0.2  # noise std relative to each latent dimension's std
-    amp: bool = True
+    amp: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,6 +6,10 @@ embedding is the U-ViT's CLIP image input) and the pipeline's CLIP scorer (``cli
 
 Prompts are encoded as the engine encodes them: padded to the full context with the end-of-text token, no
 attention mask (the text tower is causal, so padding never changes the pooled embedding).
+
+Besides CLIP's loss on the pooled (end-of-text) embedding, the same contrastive loss is applied to the last
+position of the context (always padding, which attends to the whole caption): UniDiffuser reads every position
+of the text encoder's hidden states, and this gives it a summary of the caption at a fixed position.
 """
 
 from __future__ import annotations
@@ -31,16 +35,17 @@ from unidiffuser.training.common import Meter, autocast, batches, images_to_clip
 class CLIPTrainConfig:
     hidden_size: int = 128
     intermediate_size: int = 256
-    text_layers: int = 3
+    text_layers: int = 2
     vision_layers: int = 3
     heads: int = 4
     projection_dim: int = 32
     patch_size: int = 8
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.05
+    summary_loss_weight: float = 1.0  # the contrastive loss on the last context position
     amp: bool = True
 
     def to_dict(self) -> dict:
@@ -83,10 +88,26 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
     ).input_ids  # fmt: skip
 
 
-def _embeds(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _embeds(
+    model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, summary: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Normalised (image, text) embeddings; with ``summary`` also the projected last context position."""
     image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
-    text = model.text_projection(model.text_model(input_ids=ids).pooler_output)
-    return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+    out = model.text_model(input_ids=ids)
+    text = model.text_projection(out.pooler_output)
+    embeds = (F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1))
+    if summary:
+        last = model.text_projection(out.last_hidden_state[:, -1])
+        embeds += (F.normalize(last.float(), dim=-1),)
+    return embeds
+
+
+def _contrastive(
+    scale: torch.Tensor, image: torch.Tensor, text: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = scale * image @ text.T
+    labels = torch.arange(len(image), device=image.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2, logits
 
 
 def train_clip(
@@ -113,11 +134,12 @@ def train_clip(
     for step, idx in enumerate(batches(len(ids), cfg.batch_size, cfg.steps, generator)):
         set_lr(optimizer, lr_at(step, cfg.steps, cfg.lr, cfg.warmup))
         with autocast(device, cfg.amp):
-            image, text = _embeds(model, pixels[idx].to(device), ids[idx].to(device))
+            image, text, last = _embeds(model, pixels[idx].to(device), ids[idx].to(device), summary=True)
         scale = model.logit_scale.exp().clamp(max=100.0)
-        logits = scale * image @ text.T
+        clip_loss, logits = _contrastive(scale, image, text)
+        summary_loss, _ = _contrastive(scale, image, last)
+        loss = clip_loss + cfg.summary_loss_weight * summary_loss
         labels = torch.arange(len(idx), device=device)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -125,7 +147,7 @@ def train_clip(
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        meter.add(step, loss=loss.item(), accuracy=accuracy.item())
+        meter.add(step, loss=clip_loss.item(), summary_loss=summary_loss.item(), accuracy=accuracy.item())
     model.eval()
     report = {
         "config": cfg.to_dict(),

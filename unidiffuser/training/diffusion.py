@@ -33,17 +33,17 @@ class UViTTrainConfig:
     num_layers: int = 7
     heads: int = 4
     patch_size: int = 2
-    steps: int = 2000
+    steps: int = 5000
     batch_size: int = 128
-    lr: float = 5e-4
+    lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.03
     ema_decay: float = 0.999
-    p_text_clean: float = 0.15  # t2i conditional
-    p_image_clean: float = 0.15  # i2t conditional
+    p_text_clean: float = 0.25  # t2i conditional
+    p_image_clean: float = 0.2  # i2t conditional
     p_text_max: float = 0.1  # image marginal / unconditional t2i branch
-    p_image_max: float = 0.1  # text marginal / unconditional i2t branch
-    snr_weight_max: float = 20.0  # 1 = the plain noise MSE
+    p_image_max: float = 0.05  # text marginal / unconditional i2t branch
+    snr_weight_max: float = 50.0  # 1 = the plain noise MSE
     amp: bool = True
 
     def to_dict(self) -> dict:

@@ -164,10 +164,12 @@ def train_family(
     world = ShapesWorld(seed)
     train = WorldData.draw(world, cfg.train_samples, "train")
     val = WorldData.draw(world, cfg.val_samples, "val")
+    codec = WorldData.draw(world, cfg.train_samples, "codec")  # the autoencoder's images (every pair)
     clip_tokenizer = world_clip_tokenizer(cfg.text_tokens)
     gpt2_tokenizer = world_gpt2_tokenizer()
     export.save_tokenizers(out, clip_tokenizer, gpt2_tokenizer)
     report["parts"]["data"] = {"seconds": round(time.monotonic() - t0, 1), "train": len(train), "val": len(val),
+                               "codec": len(codec),
                                "clip_vocab": len(clip_tokenizer), "gpt2_vocab": len(gpt2_tokenizer),
                                "held_out_pairs": [list(p) for p in world.held_out_pairs]}  # fmt: skip
     log.info("data: %d train / %d val samples (%.0fs)", len(train), len(val), time.monotonic() - t0)
@@ -177,7 +179,7 @@ def train_family(
         vae = AutoencoderKL.from_pretrained(out / "vae").to(dev).eval()
         vae_report = {**previous.get("vae", {}), "reused": True}
     else:
-        vae, vae_report = train_vae(train.images, cfg.vae, dev, seed_everything(_part_seed(seed, "vae")))
+        vae, vae_report = train_vae(codec.images, cfg.vae, dev, seed_everything(_part_seed(seed, "vae")))
         vae_report["heldout_reconstruction_detected"] = _vae_detection_rate(
             vae, world, dev, 64 if quick else 256
         )

@@ -11,7 +11,9 @@ size and position), its 64x64 RGB rendering and a caption drawn from varied temp
 
 Some shape-colour pairs (``HELD_OUT_PAIRS``) never appear in the ``train`` and ``val`` splits; every scene of
 the ``heldout`` split contains at least one of them, so evaluation there measures compositional
-generalisation. ``parse_caption`` reads the world's attributes back out of any caption (for the evaluator).
+generalisation. The ``codec`` split draws from every pair: it is the training set of the autoencoder only, a
+generic pixel codec that (like Stable Diffusion's VAE in the real UniDiffuser) learns images without their
+captions; everything that links text and images is trained on ``train``. ``parse_caption`` reads the world's attributes back out of any caption (for the evaluator).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ CORNERS = ("top left", "top right", "bottom left", "bottom right")
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("circle", "blue"), ("square", "yellow"), ("triangle", "red"), ("diamond", "green")}
 )
-SPLITS = ("train", "val", "heldout")
+SPLITS = ("train", "val", "heldout", "codec")
 TWO_OBJECT_PROBABILITY = 0.4
 POSITION_JITTER = 1
 SIZE_JITTER = 1
@@ -156,6 +158,9 @@ class ShapesWorld:
         if split == "heldout":
             first = self.held_out_pairs[rng.integers(len(self.held_out_pairs))]
             pool = self.train_pairs + self.held_out_pairs
+        elif split == "codec":
+            pool = self.train_pairs + self.held_out_pairs
+            first = pool[rng.integers(len(pool))]
         else:
             first = self.train_pairs[rng.integers(len(self.train_pairs))]
             pool = self.train_pairs
