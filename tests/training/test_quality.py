@@ -22,6 +22,7 @@ SETTING = {"guidance": 3.0, "steps": 25}
 MEASURED: dict[str, float] = {}
 THRESHOLDS: dict[str, float] = {}
 
+
 @pytest.fixture(scope="module")
 def measured() -> dict:
     components, scorer = load(CHECKPOINT)
