@@ -155,15 +155,9 @@ class ShapesWorld:
         rng = _rng("scene", self.seed, split, index)
         background = str(rng.choice(list(BACKGROUNDS)))
         two = rng.random() < TWO_OBJECT_PROBABILITY
-        if split == "heldout":
-            first = self.held_out_pairs[rng.integers(len(self.held_out_pairs))]
-            pool = self.train_pairs + self.held_out_pairs
-        elif split == "codec":
-            pool = self.train_pairs + self.held_out_pairs
-            first = pool[rng.integers(len(pool))]
-        else:
-            first = self.train_pairs[rng.integers(len(self.train_pairs))]
-            pool = self.train_pairs
+        pool = self.train_pairs if split in ("train", "val") else self.train_pairs + self.held_out_pairs
+        firsts = self.held_out_pairs if split == "heldout" else pool  # heldout: always one unseen pair
+        first = firsts[rng.integers(len(firsts))]
         pairs = [first]
         if two:
             others = [p for p in pool if p != first]
