@@ -92,8 +92,7 @@ def train_vae(
         optimizer.step()
         meter.add(step, mse=mse.item(), kl=kl.item())
     vae.eval()
-    raw = latent_stats(vae, data, device)
-    normalise_latents(vae, data, device)
+    raw = normalise_latents(vae, data, device)  # per-channel statistics before the fold
     stats = latent_stats(vae, data, device)
     vae.register_to_config(scaling_factor=1.0)
     report = {
