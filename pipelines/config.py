@@ -136,6 +136,12 @@ class OutputSpec(_Strict):
     shard_size: int = Field(1000, ge=1, le=100_000, description="records per unit = per shard")
     image_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="encoding of written images")
     image_quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality")
+    caption_image: Literal["source", "model_input", "none"] = Field(
+        "source",
+        description="i2t: the image written with each caption: the input file as read (`source`; JPEG, PNG and "
+        "WebP unchanged, other formats re-encoded at their own size), the resized, center-cropped model input "
+        "(`model_input`), or no image (`none`)",
+    )
 
     @field_validator("formats")
     @classmethod

@@ -23,7 +23,7 @@ from pipelines.stages.filter import filter_batch
 from pipelines.stages.generate import GenerateStage
 from pipelines.stages.preprocess import preprocess_batch
 from pipelines.stages.score import ClipScoreStage
-from pipelines.stages.write import output_spec, write_batch
+from pipelines.stages.write import keeps_source_images, output_spec, write_batch
 from pipelines.versions import versions
 from pipelines.writers.commit import committed_units
 from pipelines.writers.summary import write_summary
@@ -87,6 +87,7 @@ def build_dataset(
             "input_kind": config.input.kind,
             "resolution": resolution,
             "max_image_pixels": config.model.max_image_pixels,
+            "keep_source_images": keeps_source_images(config),
         },
     )
     ds = ds.map_batches(
@@ -115,7 +116,7 @@ def build_dataset(
         write_batch,
         **one_to_one,
         num_cpus=res.preprocess_cpus,
-        fn_kwargs={"output": output_spec(config)},
+        fn_kwargs={"output": output_spec(config), "caption_image": config.output.caption_image},
     )
 
 

@@ -14,10 +14,17 @@ from unidiffuser.inputs import check_prompt
 
 
 def preprocess_batch(
-    batch: pd.DataFrame, *, job_seed: int, input_kind: str, resolution: int, max_image_pixels: int
+    batch: pd.DataFrame,
+    *,
+    job_seed: int,
+    input_kind: str,
+    resolution: int,
+    max_image_pixels: int,
+    keep_source_images: bool = False,
 ) -> pd.DataFrame:
-    """Add seed, pixels, status, reason and flags to one unit's rows."""
-    seeds, pixels, status, reasons, flags = [], [], [], [], []
+    """Add seed, pixels, status, reason and flags to one unit's rows (and, if asked, keep each good input
+    image's file bytes for the shards)."""
+    seeds, pixels, sources, status, reasons, flags = [], [], [], [], [], []
     for row in batch.itertuples(index=False):
         key = getattr(row, r.KEY)
         seeds.append(derive_seed(job_seed, key))
@@ -35,12 +42,14 @@ def preprocess_batch(
             except InputError as exc:
                 reason = str(exc)
         pixels.append(image)
+        sources.append(getattr(row, r.IMAGE_BYTES) if keep_source_images and image is not None else None)
         status.append(r.Status.OK.value if reason is None else r.Status.ERROR.value)
         reasons.append(None if reason is None else f"input: {reason}")  # reader and input problems alike
         flags.append(row_flags)
     out = batch.drop(columns=[r.IMAGE_BYTES, r.READ_ERROR])
     out[r.SEED] = seeds
     out[r.PIXELS] = pixels
+    out[r.SOURCE_IMAGE] = sources
     out[r.STATUS] = status
     out[r.REASON] = reasons
     out[r.FLAGS] = flags

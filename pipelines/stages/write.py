@@ -10,6 +10,7 @@ from pipelines import records as r
 from pipelines.config import PipelineConfig
 from pipelines.stages.pixels import from_bytes
 from pipelines.writers.unit_writer import OutputSpec, write_unit
+from unidiffuser import Mode
 
 _IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
@@ -26,9 +27,21 @@ def output_spec(config: PipelineConfig) -> OutputSpec:
     )
 
 
-def write_batch(batch: pd.DataFrame, *, output: OutputSpec) -> pd.DataFrame:
-    """Write and commit the unit in ``batch``; returns one row with the unit's counts (for progress)."""
+def keeps_source_images(config: PipelineConfig) -> bool:
+    """Whether preprocess must keep each input file's bytes for the shards (i2t written with its source)."""
+    return config.model.mode == Mode.I2T and config.output.caption_image == "source"
+
+
+def write_batch(
+    batch: pd.DataFrame, *, output: OutputSpec, caption_image: str = "model_input"
+) -> pd.DataFrame:
+    """Write and commit the unit in ``batch``; returns one row with the unit's counts (for progress).
+
+    ``caption_image`` (``output.caption_image``) picks the image of i2t rows: their kept input file
+    (``source``, kept by preprocess), the model input the generate stage paired them with, or none."""
     rows = batch.copy()
+    if caption_image != "model_input":
+        rows.loc[rows[r.MODE] == Mode.I2T.value, r.OUT_PIXELS] = None
     rows[r.OUT_PIXELS] = [None if r.missing(p) else from_bytes(p) for p in rows[r.OUT_PIXELS]]
     marker = write_unit(rows.drop(columns=[r.PIXELS]), output=output)
     counts = {k: marker[k] for k in ("unit", "inputs", "written", "rejected", "errored")}

@@ -1,17 +1,21 @@
-"""Encode a uint8 ``HxWx3`` RGB array to JPEG, PNG or WebP bytes."""
+"""Output image bytes: a uint8 ``HxWx3`` RGB array encoded to JPEG, PNG or WebP, or an input file kept as it is."""
 
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from unidiffuser.inputs import decode_image, to_rgb
+
 # file extension -> PIL format name
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _ALIASES = {"jpeg": "jpg"}
 IMAGE_FORMATS = tuple(_PIL_FORMATS)
+_EXTENSIONS = {pil: ext for ext, pil in _PIL_FORMATS.items()}
 
 
 @dataclass(frozen=True)
@@ -41,3 +45,16 @@ def encode_image(pixels: np.ndarray, fmt: str = "jpg", quality: int = 95) -> Enc
     Image.fromarray(pixels, "RGB").save(buffer, format=_PIL_FORMATS[ext], **options)
     height, width = pixels.shape[:2]
     return EncodedImage(buffer.getvalue(), ext, int(width), int(height))
+
+
+def source_image(data: bytes, fmt: str = "jpg", quality: int = 95) -> EncodedImage:
+    """An input file for the shards: JPEG, PNG and WebP bytes unchanged; any other format (GIF, BMP, TIFF, ...)
+    decoded, oriented, converted to RGB and encoded as ``fmt`` at its own size, so every shard image is one
+    of the three formats webdataset and clip-retrieval readers expect."""
+    with Image.open(io.BytesIO(data)) as header:  # the header only: format and size
+        ext, (width, height) = _EXTENSIONS.get(header.format or ""), header.size
+    if ext is not None:
+        return EncodedImage(bytes(data), ext, int(width), int(height))
+    # the job's pixel limit was enforced when the record was prepared; this decodes what passed it
+    rgb, _ = to_rgb(decode_image(data, max_pixels=sys.maxsize))
+    return encode_image(np.asarray(rgb, dtype=np.uint8), fmt, quality)

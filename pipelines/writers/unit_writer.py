@@ -33,7 +33,7 @@ import pyarrow as pa
 from pipelines import records as r
 from pipelines import storage
 from pipelines.writers import commit, embeddings, parquet_shards, webdataset_shards
-from pipelines.writers.encode import EncodedImage, encode_image, image_format
+from pipelines.writers.encode import EncodedImage, encode_image, image_format, source_image
 
 FORMATS = ("parquet", "webdataset", "embeddings")
 SHARDS_DIR = "shards"
@@ -184,9 +184,12 @@ def _outcome(row: Mapping[str, Any]) -> tuple[r.Status, str | None]:
 
 
 def _encode(row: dict[str, Any], output: OutputSpec) -> None:
-    pixels = row.get(r.OUT_PIXELS)
+    """The row's image columns: from the kept input file if there is one, else from its output pixels."""
+    source, pixels = row.get(r.SOURCE_IMAGE), row.get(r.OUT_PIXELS)
     image: EncodedImage | None = None
-    if pixels is not None:
+    if source is not None:
+        image = source_image(source, output.image_format, output.quality)
+    elif pixels is not None:
         image = encode_image(pixels, output.image_format, output.quality)
     row[r.IMAGE] = image.data if image else None
     row[r.IMAGE_FORMAT] = image.format if image else None

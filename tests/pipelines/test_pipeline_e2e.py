@@ -4,6 +4,7 @@ filtering and resume."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -12,7 +13,7 @@ import shutil
 import tarfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ class Place:
     root: str
     options: dict  # fsspec options for the test's own reads and writes
     storage: dict  # the job's ``storage`` section
+    files: dict[str, bytes] = field(default_factory=dict)  # what the test put there, by relative path
 
     def uri(self, rel: str) -> str:
         return f"{self.root.rstrip('/')}/{rel}"
@@ -72,7 +74,25 @@ class Place:
         if not self.root.startswith("s3://"):
             fs.makedirs(os.path.dirname(path), exist_ok=True)
         fs.pipe_file(path, data)
+        self.files[rel] = data
         return self.uri(rel)
+
+    def source_images(self) -> dict[str, bytes]:
+        """Every readable input image by the key the image readers give it: the path under the folder
+        without extension, or the sample key inside a tar (a truncated tar yields what precedes the cut)."""
+        images = {}
+        for rel, data in self.files.items():
+            if rel.startswith("in/images/"):
+                stem, ext = os.path.splitext(rel.removeprefix("in/images/"))
+                if ext in (".png", ".jpg", ".webp"):
+                    images[stem] = data
+            elif rel.endswith(".tar"):
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar, contextlib.suppress(tarfile.ReadError):
+                    for member in tar:
+                        key, _, ext = member.name.partition(".")
+                        if ext in ("png", "jpg"):
+                            images[key] = tar.extractfile(member).read()
+        return images
 
 
 def make_place(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> Place:
@@ -98,6 +118,7 @@ def make_config(
     formats: list[str] | None = None,
     min_score: float | None = None,
     max_score: float | None = None,
+    caption_image: str = "source",
 ) -> PipelineConfig:
     checkpoint, clip = models
     return PipelineConfig.model_validate(
@@ -112,7 +133,12 @@ def make_config(
                 "caption_max_tokens": 10,
             },  # fmt: skip
             "clip": {"enabled": True, "model": clip, "min_score": min_score, "max_score": max_score},
-            "output": {"uri": output, "formats": formats or ALL_FORMATS, "shard_size": shard_size},
+            "output": {
+                "uri": output,
+                "formats": formats or ALL_FORMATS,
+                "shard_size": shard_size,
+                "caption_image": caption_image,
+            },
             "resources": RESOURCES,
             "seed": seed,
             "storage": storage or {},
@@ -157,11 +183,16 @@ def read_tree(uri: str, options: dict) -> dict[str, bytes]:
     return {p[len(root) + 1 :]: data[p] for p in paths}
 
 
-def decode_image(data: bytes, fmt: str = "jpg") -> Image.Image:
+def decode_image(data: bytes, fmt: str = "jpg", source: bytes | None = None) -> Image.Image:
+    """A written image decodes in its declared format; it is the record's input file byte for byte where the
+    job keeps sources (i2t), else an image at the model resolution."""
     image = Image.open(io.BytesIO(data))
     image.load()
     assert image.format == {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt]
-    assert image.size == (RESOLUTION, RESOLUTION)
+    if source is None:
+        assert image.size == (RESOLUTION, RESOLUTION)
+    else:
+        assert data == source
     return image
 
 
@@ -183,6 +214,7 @@ def verify_output(
     tmp_path: Path,
     has_image: bool = True,
     has_text: bool = True,
+    sources: dict[str, bytes] | None = None,
 ) -> Output:
     """Open every output file, check each format against the others, and check the exact accounting."""
     assert not [f for f in files if f.endswith(".tmp") or "/." in f], "no temporary files may remain"
@@ -209,8 +241,8 @@ def verify_output(
         for row in rows:
             assert row["mode"] == mode
             if has_image:
-                decode_image(row["image"], row["image_format"])
-                assert (row["width"], row["height"]) == (RESOLUTION, RESOLUTION)
+                image = decode_image(row["image"], row["image_format"], _source(sources, row))
+                assert (row["width"], row["height"]) == image.size
             else:
                 assert row["image"] is None
             if has_text:
@@ -220,7 +252,7 @@ def verify_output(
             for column in ("img_emb", "text_emb"):
                 if row[column] is not None:
                     assert np.isclose(np.linalg.norm(row[column]), 1.0, atol=1e-4)
-        members = verify_tar(files[f"shards/{name}.tar"], rows, tmp_path / f"{name}.tar")
+        members = verify_tar(files[f"shards/{name}.tar"], rows, tmp_path / f"{name}.tar", sources)
         stats = json.loads(files[f"shards/{name}_stats.json"])
         assert (stats["count"], stats["successes"]) == (marker["inputs"], marker["written"])
         assert (stats["failed_to_process"], stats["rejected"]) == (marker["errored"], marker["rejected"])
@@ -230,7 +262,7 @@ def verify_output(
         for row in unit_rejected:
             assert row["reason"] and row["clip_score"] is not None
             if has_image:
-                decode_image(row["image"], row["image_format"])
+                decode_image(row["image"], row["image_format"], _source(sources, row))
         for row in unit_errors:
             assert row["reason"]
         assert (marker["written"], marker["rejected"], marker["errored"]) == (
@@ -264,7 +296,13 @@ def _rows(files: dict[str, bytes], name: str) -> list[dict]:
     return pq.read_table(io.BytesIO(files[name])).to_pylist() if name in files else []
 
 
-def verify_tar(data: bytes, rows: list[dict], local: Path) -> list[str]:
+def _source(sources: dict[str, bytes] | None, row: dict) -> bytes | None:
+    return None if sources is None else sources[row["key"]]
+
+
+def verify_tar(
+    data: bytes, rows: list[dict], local: Path, sources: dict[str, bytes] | None = None
+) -> list[str]:
     """The tar holds exactly the parquet rows, in order, with the same bytes; webdataset reads it."""
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -281,7 +319,7 @@ def verify_tar(data: bytes, rows: list[dict], local: Path) -> list[str]:
         assert meta["seed"] == row["seed"] and meta["clip_score"] == pytest.approx(row["clip_score"])
         if row["image"] is not None:
             assert sample[row["image_format"]] == row["image"]
-            decode_image(sample[row["image_format"]], row["image_format"])
+            decode_image(sample[row["image_format"]], row["image_format"], _source(sources, row))
         if row["text"] is not None:
             assert sample["txt"].decode() == row["text"]
         assert set(sample) == {"json"} | ({row["image_format"]} if row["image"] else set()) | (
@@ -427,7 +465,12 @@ def test_mode_end_to_end(
     assert report.did_model_work and report.units_skipped == 0
     assert report.units_total == -(-len(keys) // 3)
     out = verify_output(
-        read_tree(out_uri, place.options), mode=mode, expected_keys=keys, tmp_path=tmp_path, has_text=has_text
+        read_tree(out_uri, place.options),
+        mode=mode,
+        expected_keys=keys,
+        tmp_path=tmp_path,
+        has_text=has_text,
+        sources=place.source_images() if mode == "i2t" else None,  # captions go out with their input file
     )
     assert_errors(out, expected_errors)
     assert not out.rejected  # no CLIP bounds
@@ -625,3 +668,22 @@ def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, 
         "m2": None,
         "m3": "cap 3",
     }
+
+
+@pytest.mark.parametrize("caption_image", ["model_input", "none"])
+def test_i2t_caption_image_choice(models: tuple[str, str], tmp_path: Path, caption_image: str) -> None:
+    """Captions written with the model's prepared input, or with no image (the default, the input file
+    itself, is checked byte for byte in test_mode_end_to_end)."""
+    place = Place(str(tmp_path), {}, {})
+    input_spec, keys, expected_errors = put_image_folder(place)
+    out_uri = str(tmp_path / "out")
+    run(make_config(models, mode="i2t", input=input_spec, output=out_uri, caption_image=caption_image))
+    out = verify_output(
+        read_tree(out_uri, {}),
+        mode="i2t",
+        expected_keys=keys,
+        tmp_path=tmp_path,
+        has_image=caption_image == "model_input",  # then at the model resolution
+    )
+    assert_errors(out, expected_errors)
+    assert all(isinstance(row["caption"], str) and row["img_emb"] is not None for row in out.written.values())

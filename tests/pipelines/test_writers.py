@@ -19,8 +19,10 @@ from PIL import Image
 from pipelines import records as r
 from pipelines import storage
 from pipelines.readers import read_count
+from pipelines.stages.pixels import to_bytes
+from pipelines.stages.write import write_batch
 from pipelines.writers import commit, unit_writer
-from pipelines.writers.encode import encode_image, image_format
+from pipelines.writers.encode import encode_image, image_format, source_image
 from pipelines.writers.summary import AccountingError, redact, write_summary
 from pipelines.writers.unit_writer import OutputSpec, write_unit
 
@@ -98,6 +100,57 @@ def test_encode_quality_changes_jpeg_size_and_rejects_bad_arrays() -> None:
         encode_image(pixels[..., :2], "png")
     with pytest.raises(ValueError):
         image_format("gif")
+
+
+def _file(fmt: str, size: tuple[int, int] = (30, 20), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, (40, 90, 200, 255)[: len(mode)] if mode != "P" else 3).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")])
+def test_source_image_keeps_shard_formats_byte_for_byte(fmt: str, ext: str) -> None:
+    data = _file(fmt)
+    kept = source_image(data, "png")
+    assert (kept.data, kept.format, kept.width, kept.height) == (data, ext, 30, 20)
+
+
+def test_source_image_reencodes_other_formats_at_their_own_size() -> None:
+    for fmt, mode in (("BMP", "RGB"), ("GIF", "P"), ("TIFF", "RGBA")):
+        kept = source_image(_file(fmt, (33, 17), mode), "webp", quality=90)
+        decoded = Image.open(io.BytesIO(kept.data))
+        assert (decoded.format, decoded.size, decoded.mode) == ("WEBP", (33, 17), "RGB"), fmt
+        assert (kept.format, kept.width, kept.height) == ("webp", 33, 17)
+
+
+@pytest.mark.parametrize("caption_image", ["source", "model_input", "none"])
+def test_i2t_rows_are_written_with_the_chosen_image(tmp_path: Path, caption_image: str) -> None:
+    """The write stage as the pipeline calls it: i2t rows carry their prepared model input (what they were
+    scored on) and, when preprocess kept it, the input file; ``caption_image`` picks what goes in the shards."""
+    frame = unit_frame(0, ["ok", "rejected", "error"], with_images=False)
+    model_input = np.full((8, 8, 3), 77, np.uint8)
+    sources = [_file("PNG", (50, 40)), _file("JPEG", (20, 60)), None]
+    frame[r.OUT_PIXELS] = [to_bytes(model_input), to_bytes(model_input), None]
+    frame[r.SOURCE_IMAGE] = sources if caption_image == "source" else [None] * 3
+    frame[r.PIXELS] = None
+    write_batch(frame, output=OutputSpec(str(tmp_path), formats=ALL_FORMATS), caption_image=caption_image)
+    written = pq.read_table(tmp_path / "shards" / "00000.parquet").to_pylist()
+    rejected = pq.read_table(tmp_path / "rejected" / "00000.parquet").to_pylist()
+    sample = next(iter(wds.WebDataset(str(tmp_path / "shards" / "00000.tar"), shardshuffle=False)))
+    if caption_image == "source":
+        assert (written[0]["image"], written[0]["image_format"], written[0]["width"]) == (
+            sources[0],
+            "png",
+            50,
+        )
+        assert (rejected[0]["image"], rejected[0]["image_format"]) == (sources[1], "jpg")
+        assert sample["png"] == sources[0]
+    elif caption_image == "model_input":
+        assert (written[0]["width"], written[0]["height"], written[0]["image_format"]) == (8, 8, "jpg")
+        assert Image.open(io.BytesIO(sample["jpg"])).size == (8, 8)
+    else:
+        assert written[0]["image"] is None and rejected[0]["image"] is None
+        assert sorted(k for k in sample if not k.startswith("__")) == ["json", "txt"]
 
 
 # --- one unit, every format ----------------------------------------------------------------------------------
