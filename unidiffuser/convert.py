@@ -275,8 +275,9 @@ def infer_uvit_config(
         "attention_head_dim": dim // heads,
         "in_channels": in_channels,
         "out_channels": patch_dim // (patch_size * patch_size),
-        "num_layers": 2 * n_in
-        + 1,  # in blocks + mid block + out blocks (diffusers uses num_layers // 2 each side)
+        # thu-ml's "depth" (30 for U-ViT-H), as the published diffusers config writes it: num_layers // 2 in
+        # blocks, one mid block, num_layers // 2 out blocks
+        "num_layers": 2 * n_in,
         "dropout": 0.0,
         "norm_num_groups": 32,
         "cross_attention_dim": None,
@@ -356,16 +357,21 @@ def convert_caption_decoder_state_dict(
 ) -> tuple[StateDict, dict]:
     """Original caption decoder (``module.gpt.*``, ``module.{en,de}code_prefix.*``) -> ``UniDiffuserTextDecoder``.
 
+    Keys starting with ``clip`` (training-time parts thu-ml's own loader skips: it loads non-strictly and
+    asserts that every unexpected key starts with ``clip``) are dropped; any other unknown key is an error.
     ``n_head`` is not recorded in the weights: None means n_embd / 64 (12 for GPT-2 small). The tied GPT-2
     ``lm_head.weight`` is written as its own copy of ``wte`` so the file has no shared tensors and loads with
     both diffusers and strict ``load_state_dict``.
     """
     original = strip_prefix(original)
     out: StateDict = {}
-    unknown = []
+    unknown, dropped = [], []
     for key, value in original.items():
         if key.endswith(_GPT2_IGNORED_SUFFIXES):
             continue  # causal-mask buffers saved by older transformers versions
+        if key.startswith("clip"):
+            dropped.append(key)
+            continue
         if key.startswith("gpt."):
             out["transformer." + key[len("gpt.") :]] = value
         elif key.startswith(("encode_prefix.", "decode_prefix.")):
@@ -374,6 +380,12 @@ def convert_caption_decoder_state_dict(
             unknown.append(key)
     if unknown:
         raise ValueError(f"caption decoder checkpoint: unrecognised keys: {', '.join(sorted(unknown)[:10])}")
+    if dropped:
+        logger.info(
+            "caption decoder: dropped %d training-only keys (%s)",
+            len(dropped),
+            ", ".join(sorted(dropped)[:4]),
+        )
     wte = out.get("transformer.transformer.wte.weight")
     if wte is None:
         raise ValueError("caption decoder checkpoint: expected key 'gpt.transformer.wte.weight' is missing")

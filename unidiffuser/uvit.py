@@ -30,7 +30,7 @@ class UViTConfig:
     attention_head_dim: int = 64
     in_channels: int = 4
     out_channels: int = 4
-    num_layers: int = 30
+    num_layers: int = 30  # thu-ml's depth: num_layers // 2 in blocks, a mid block, num_layers // 2 out blocks
     sample_size: int = 64
     patch_size: int = 2
     activation_fn: str = "gelu"
@@ -57,10 +57,8 @@ class UViTConfig:
             problems.append("use_patch_pos_embed=True")
         if cfg.activation_fn not in SUPPORTED_ACTIVATIONS:
             problems.append(f"activation_fn={cfg.activation_fn!r} (supported: {SUPPORTED_ACTIVATIONS})")
-        if cfg.num_layers % 2 != 1:
-            problems.append(
-                f"num_layers={cfg.num_layers} (U-ViT needs an odd depth: in blocks, mid, out blocks)"
-            )
+        if cfg.num_layers < 0:
+            problems.append(f"num_layers={cfg.num_layers} (must be >= 0)")
         if problems:
             raise ValueError("unsupported U-ViT config: " + "; ".join(problems))
         return cfg

@@ -240,9 +240,13 @@ def make_caption_model(
     return model
 
 
-def caption_model_checkpoint(model: OriginalCaptionModel) -> StateDict:
-    """The state dict as thu-ml saved it: DDP ``module.`` prefix, tied lm_head, legacy attention buffers."""
+def caption_model_checkpoint(model: OriginalCaptionModel, *, clip_keys: bool = False) -> StateDict:
+    """The state dict as thu-ml saved it: DDP ``module.`` prefix, tied lm_head, legacy attention buffers;
+    ``clip_keys`` adds a training-time ``clip_*`` module, which thu-ml's loader tolerates and skips."""
     sd = {f"module.{k}": v for k, v in model.state_dict().items()}
+    if clip_keys:
+        sd["module.clip_project.weight"] = torch.randn(8, model.gpt.config.n_embd)
+        sd["module.clip_project.bias"] = torch.zeros(8)
     n_pos = model.gpt.config.n_positions
     for i in range(model.gpt.config.n_layer):
         sd[f"module.gpt.transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(n_pos, n_pos)).view(

@@ -76,7 +76,7 @@ def test_uvit_loads_strictly_and_keeps_every_tensor(
     assert (config["num_attention_heads"], config["attention_head_dim"], config["num_layers"]) == (
         HEADS,
         16,
-        3,
+        2,  # thu-ml's depth, as the published config writes it (1 in block, the mid block, 1 out block)
     )
     assert (config["text_dim"], config["clip_img_dim"], config["num_text_tokens"]) == (
         TEXT_DIM,
@@ -175,12 +175,16 @@ def test_caption_decoder_matches_original_modules() -> None:
     torch.testing.assert_close(out.logits, expected_logits, atol=1e-5, rtol=1e-5)
 
 
-def test_caption_decoder_rejects_unknown_keys() -> None:
-    checkpoint = ol.caption_model_checkpoint(ol.make_caption_model())
-    with pytest.raises(ValueError, match="unrecognised keys: clip_project.weight"):
-        convert_caption_decoder_state_dict(
-            {**checkpoint, "module.clip_project.weight": torch.zeros(1)}, n_head=2
-        )
+def test_caption_decoder_drops_clip_keys_and_rejects_other_unknown_keys() -> None:
+    model = ol.make_caption_model()
+    plain, _ = convert_caption_decoder_state_dict(ol.caption_model_checkpoint(model), n_head=2)
+    with_clip, _ = convert_caption_decoder_state_dict(
+        ol.caption_model_checkpoint(model, clip_keys=True), n_head=2
+    )
+    assert with_clip.keys() == plain.keys() and all(torch.equal(with_clip[k], plain[k]) for k in plain)
+    checkpoint = ol.caption_model_checkpoint(model)
+    with pytest.raises(ValueError, match="unrecognised keys: project.weight"):
+        convert_caption_decoder_state_dict({**checkpoint, "module.project.weight": torch.zeros(1)}, n_head=2)
 
 
 def test_vae_matches_ldm_reference() -> None:
@@ -222,7 +226,7 @@ def _write_original_files(root: Path, version: int) -> dict[str, Path]:
     torch.save(uvit, paths["uvit"])
     torch.save({"state_dict": ol.make_ldm_vae_state_dict()}, paths["autoencoder"])
     caption = ol.make_caption_model(vocab_size=vocab, n_embd=64, n_head=1, prefix_inner_dim=TEXT_HIDDEN)
-    torch.save(ol.caption_model_checkpoint(caption), paths["caption_decoder"])
+    torch.save(ol.caption_model_checkpoint(caption, clip_keys=True), paths["caption_decoder"])
     ol.write_clip_folder(paths["clip_text_model"], text_hidden=TEXT_HIDDEN, projection_dim=24)
     ol.write_clip_folder(paths["clip_image_model"], text_hidden=16, projection_dim=CLIP_IMG_DIM, seed=1)
     return paths

@@ -580,7 +580,7 @@ def test_missing_checkpoint_folder(tmp_path: Path):
         ({"block_type": "ubvit"}, "block_type"),
         ({"use_patch_pos_embed": True}, "use_patch_pos_embed"),
         ({"activation_fn": "relu"}, "activation_fn"),
-        ({"num_layers": 4}, "num_layers"),
+        ({"num_layers": -2}, "num_layers"),
     ],
 )
 def test_unsupported_unet_config(checkpoint_copy: Path, change: dict, expected: str):
@@ -591,6 +591,18 @@ def test_unsupported_unet_config(checkpoint_copy: Path, change: dict, expected: 
     with pytest.raises(ValueError, match="unsupported U-ViT config") as info:
         _load(checkpoint_copy)
     assert expected in str(info.value)
+
+
+def test_even_num_layers_as_published(tiny_checkpoint: Path, checkpoint_copy: Path):
+    """thu-ml's published config says num_layers 30 (its depth) for 15 + 1 + 15 blocks: an even value names the
+    same network as the next odd one, as in diffusers."""
+    config_path = checkpoint_copy / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["num_layers"] == 3
+    config_path.write_text(json.dumps({**config, "num_layers": 2}))
+    even, odd = _load(checkpoint_copy), _load(tiny_checkpoint)
+    assert even.components.uvit.config.num_blocks == odd.components.uvit.config.num_blocks == 3
+    assert _keys(even.t2i(PROMPTS[:2], [1, 2])) == _keys(odd.t2i(PROMPTS[:2], [1, 2]))
 
 
 # ------------------------------------------------------------------------------------------------------------
