@@ -2,10 +2,13 @@
 
     python bench/engine.py                        # CPU, tiny checkpoint (written to a temp folder)
     python bench/engine.py --checkpoint PATH      # any diffusers-layout checkpoint
-    python bench/engine.py --uvit-h --device cuda --dtype bfloat16   # GPU: real U-ViT-H config, random weights
+    python bench/engine.py --full-size --uvit-h --device cuda --dtype bfloat16   # GPU: UniDiffuser-v1 sizes
 
-Prints outputs/s for each side and the ratio, for t2i, i2t and joint; with --uvit-h also the U-ViT forward's
-MFU (FLOPs counted from the config over measured time, against the card's measured bf16 matmul rate).
+Prints outputs/s for each side and the ratio, for t2i, i2t and joint. ``--full-size`` writes a random
+checkpoint with UniDiffuser-v1's dimensions (U-ViT-H, SD VAE, CLIP L/14 + B/32, GPT-2 small; ~5 GB, 512 px)
+instead of the tiny one; on CUDA the peak GPU memory of our engine per mode is printed too. ``--uvit-h``
+adds the U-ViT-H forward's MFU (FLOPs counted from the config over measured time, against the card's
+measured matmul rate in the same dtype).
 """
 
 from __future__ import annotations
@@ -24,13 +27,10 @@ from PIL import Image
 
 from unidiffuser import UniDiffuserEngine, write_tiny_checkpoint
 from unidiffuser.checkpoint import load_components
-from unidiffuser.uvit import UViT, UViTConfig
+from unidiffuser.tiny import CheckpointSizes, uvit_h_config, write_random_checkpoint
+from unidiffuser.uvit import UViT
 
-UVIT_H = UViTConfig(
-    text_dim=64, clip_img_dim=512, num_text_tokens=77, num_attention_heads=24, attention_head_dim=64,
-    in_channels=4, out_channels=4, num_layers=30, sample_size=64, patch_size=2, activation_fn="gelu",
-    attention_bias=False, use_data_type_embedding=True,
-)  # fmt: skip
+UVIT_H = uvit_h_config(version=1)
 
 
 def reference_pipeline(path: Path, device: str, dtype: torch.dtype):
@@ -99,15 +99,23 @@ def bench_modes(path: Path, args: argparse.Namespace) -> dict:
         ),
     }  # fmt: skip
     rows = {}
+    cuda = torch.device(args.device).type == "cuda"
     for mode, (ours, theirs) in cases.items():
-        t_ours, t_ref = timed(ours, args.repeats), timed(theirs, args.repeats)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t_ours = timed(ours, args.repeats)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        t_ref = timed(theirs, args.repeats)
         rows[mode] = {
             "ours_outputs_per_s": n / t_ours,
             "diffusers_outputs_per_s": n / t_ref,
             "speedup": t_ref / t_ours,
+            "ours_peak_gpu_gib": peak,
         }
+        memory = f"   ours peak GPU memory {peak:.1f} GiB" if peak is not None else ""
         print(
             f"{mode:6s} ours {n / t_ours:8.2f}/s   diffusers {n / t_ref:8.2f}/s   ratio {t_ref / t_ours:5.2f}x"
+            + memory
         )
     return rows
 
@@ -147,6 +155,9 @@ def bench_mfu(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="diffusers-layout checkpoint (default: a tiny one)")
+    parser.add_argument(
+        "--full-size", action="store_true", help="random checkpoint of UniDiffuser-v1's sizes (~5 GB, 512 px)"
+    )
     parser.add_argument("--uvit-h", action="store_true", help="also measure the real U-ViT-H config's MFU")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -157,10 +168,19 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    path = args.checkpoint or write_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny", version=1)
+    if args.checkpoint:
+        path = args.checkpoint
+    elif args.full_size:
+        start = time.perf_counter()
+        path = write_random_checkpoint(Path(tempfile.mkdtemp()) / "full", CheckpointSizes.full(version=1))
+        print(f"wrote a full-size random checkpoint in {time.perf_counter() - start:.0f} s")
+    else:
+        path = write_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny", version=1)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"device {args.device}, dtype {args.dtype}, batch {args.batch}, steps {args.steps}")  # fmt: skip
     report = {"modes": bench_modes(path, args), "args": {k: str(v) for k, v in vars(args).items()}}
+    if torch.cuda.is_available():
+        report["device_name"] = torch.cuda.get_device_name()
     if args.uvit_h:
         report["uvit_h"] = bench_mfu(args)
     if args.json:

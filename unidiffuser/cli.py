@@ -19,12 +19,17 @@ from unidiffuser.config import EngineConfig, Mode
 from unidiffuser.convert import build_convert_parser, run_convert
 from unidiffuser.engine import UniDiffuserEngine
 from unidiffuser.results import Result
-from unidiffuser.tiny import write_tiny_checkpoint
+from unidiffuser.tiny import CheckpointSizes, write_random_checkpoint, write_tiny_checkpoint
 
 DEMO_PROMPTS = ["a red circle on a grey background", "a small blue square at the top left", "   "]
 
 
 def _tiny(args: argparse.Namespace) -> int:
+    if args.full_size:
+        sizes = CheckpointSizes.full(args.version)
+        path = write_random_checkpoint(args.out, sizes, seed=args.seed)
+        print(f"full-size random v{args.version} checkpoint ({sizes.resolution} px) written to {path}")
+        return 0
     path = write_tiny_checkpoint(args.out, version=args.version, seed=args.seed)
     print(f"tiny v{args.version} checkpoint written to {path}")
     return 0
@@ -91,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out", help="output folder")
     tiny.add_argument("--version", type=int, choices=(0, 1), default=1)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--full-size",
+        action="store_true",
+        help="UniDiffuser-v1's sizes instead (U-ViT-H, 512 px; ~5 GB): GPU benchmarks and memory checks",
+    )
     tiny.set_defaults(func=_tiny)
 
     sample = sub.add_parser("sample", help="run every mode on a few built-in inputs and save the results")

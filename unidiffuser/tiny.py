@@ -1,13 +1,17 @@
-"""Write a complete, tiny, randomly initialised UniDiffuser checkpoint in the diffusers layout, fully offline.
+"""Write complete, randomly initialised UniDiffuser checkpoints in the diffusers layout, fully offline.
 
-Every file (configs, weights, tokenizer vocabularies) is produced here, so tests and the demo need no
-network. The result loads through exactly the same code path as a real checkpoint.
+Two sizes: tiny (tests, the demo's ``--model tiny``) and full (UniDiffuser-v1's dimensions: U-ViT-H, the
+Stable Diffusion VAE, CLIP ViT-L/14 text and ViT-B/32 image encoders, a GPT-2-small caption decoder; for GPU
+benchmarks, about 5 GB). Every file (configs, weights, tokenizer vocabularies) is produced here, so nothing
+needs the network; the vocabularies stay byte-level at both sizes. The result loads through exactly the same
+code path as a real checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -59,6 +63,64 @@ def tiny_gpt2_tokenizer() -> GPT2Tokenizer:
     """A byte-level GPT-2 tokenizer (256 bytes + end of text), no merges."""
     tokens = list(byte_to_unicode().values()) + [GPT2_EOS]
     return GPT2Tokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
+
+
+def uvit_h_config(version: int = 1) -> UViTConfig:
+    """thu-ml's U-ViT-H: width 1536 (24 heads of 64), depth 30, 64x64x4 latents (512 px), patch 2,
+    77 text tokens of dim 64, CLIP image dim 512; the data-type token for v1."""
+    return UViTConfig(
+        text_dim=64, clip_img_dim=512, num_text_tokens=77, num_attention_heads=24, attention_head_dim=64,
+        in_channels=4, out_channels=4, num_layers=30, sample_size=64, patch_size=2, activation_fn="gelu",
+        attention_bias=False, use_data_type_embedding=version == 1,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckpointSizes:
+    """The widths and depths of every component of a random checkpoint (the U-ViT's come from ``uvit``)."""
+
+    uvit: UViTConfig
+    text_hidden: int  # CLIP text encoder
+    text_layers: int
+    text_heads: int
+    vision_image_size: int  # CLIP image encoder
+    vision_patch: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    vae_channels: tuple[int, ...]
+    vae_layers_per_block: int
+    vae_groups: int
+    decoder_embd: int  # GPT-2 caption decoder
+    decoder_layers: int
+    decoder_heads: int
+    decoder_positions: int
+    clip_mlp_ratio: int = 4  # CLIP MLP width / hidden width (both encoders)
+
+    @property
+    def resolution(self) -> int:
+        return self.uvit.sample_size * 2 ** (len(self.vae_channels) - 1)
+
+    @classmethod
+    def tiny(cls, version: int = 1) -> CheckpointSizes:
+        """Seconds to write and run on a CPU: the U-ViT dominates, as in the real model."""
+        return cls(
+            uvit=tiny_uvit_config(version), text_hidden=32, text_layers=2, text_heads=2,
+            vision_image_size=32, vision_patch=8, vision_hidden=32, vision_layers=2, vision_heads=2,
+            # narrow at full resolution: as in the real model, the U-ViT (not the VAE) should dominate the cost
+            vae_channels=(8, 8, 16, 16), vae_layers_per_block=1, vae_groups=4,
+            decoder_embd=32, decoder_layers=2, decoder_heads=2, decoder_positions=160, clip_mlp_ratio=2,
+        )  # fmt: skip
+
+    @classmethod
+    def full(cls, version: int = 1) -> CheckpointSizes:
+        """UniDiffuser-v1's dimensions (512 px), for benchmarks on a GPU."""
+        return cls(
+            uvit=uvit_h_config(version), text_hidden=768, text_layers=12, text_heads=12,
+            vision_image_size=224, vision_patch=32, vision_hidden=768, vision_layers=12, vision_heads=12,
+            vae_channels=(128, 256, 512, 512), vae_layers_per_block=2, vae_groups=32,
+            decoder_embd=768, decoder_layers=12, decoder_heads=12, decoder_positions=1024,
+        )  # fmt: skip
 
 
 def tiny_uvit_config(version: int = 1) -> UViTConfig:
@@ -119,12 +181,20 @@ def write_tiny_checkpoint(
     ``uvit_config`` replaces the tiny U-ViT (e.g. a wider one for benchmarks); its text_dim, clip_img_dim,
     latent size and channels must stay those of the tiny encoders (8, 16, 8, 4).
     """
-    if version not in (0, 1):
-        raise ValueError(f"version must be 0 or 1, got {version}")
+    sizes = CheckpointSizes.tiny(version)
+    return write_random_checkpoint(
+        path, replace(sizes, uvit=uvit_config) if uvit_config else sizes, seed=seed
+    )
+
+
+def write_random_checkpoint(path: str | os.PathLike, sizes: CheckpointSizes, *, seed: int = 0) -> Path:
+    """Write a complete random checkpoint of ``sizes`` to ``path`` and return it (v1 if the U-ViT has the
+    data-type token, else v0)."""
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    uvit_config = sizes.uvit
 
     clip_tokenizer = tiny_clip_tokenizer()
     clip_tokenizer.save_pretrained(root / "clip_tokenizer")
@@ -133,45 +203,47 @@ def write_tiny_checkpoint(
 
     text_config = CLIPTextConfig(
         vocab_size=len(clip_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=sizes.text_hidden,
+        intermediate_size=sizes.clip_mlp_ratio * sizes.text_hidden,
+        num_hidden_layers=sizes.text_layers,
+        num_attention_heads=sizes.text_heads,
         max_position_embeddings=77,
-        projection_dim=16,
+        projection_dim=uvit_config.clip_img_dim,
         bos_token_id=clip_tokenizer.bos_token_id,
         eos_token_id=clip_tokenizer.eos_token_id,
         pad_token_id=clip_tokenizer.pad_token_id,
     )
     CLIPTextModel(text_config).save_pretrained(root / "text_encoder")
     vision_config = CLIPVisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, projection_dim=16,
+        image_size=sizes.vision_image_size, patch_size=sizes.vision_patch, hidden_size=sizes.vision_hidden,
+        intermediate_size=sizes.clip_mlp_ratio * sizes.vision_hidden, num_hidden_layers=sizes.vision_layers,
+        num_attention_heads=sizes.vision_heads, projection_dim=uvit_config.clip_img_dim,
     )  # fmt: skip
     CLIPVisionModelWithProjection(vision_config).save_pretrained(root / "image_encoder")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        root / "clip_image_processor"
-    )
+    side = sizes.vision_image_size
+    CLIPImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    ).save_pretrained(root / "clip_image_processor")
 
+    levels = len(sizes.vae_channels)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        # narrow at full resolution: as in the real model, the U-ViT (not the VAE) should dominate the cost
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=TINY_RESOLUTION,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=sizes.vae_channels,
+        layers_per_block=sizes.vae_layers_per_block,
+        latent_channels=uvit_config.in_channels,
+        norm_num_groups=sizes.vae_groups,
+        sample_size=sizes.resolution,
         scaling_factor=0.18215,
     )
     vae.save_pretrained(root / "vae")
 
-    uvit_config = uvit_config or tiny_uvit_config(version)
     uvit = UViT(uvit_config)
     _init_uvit(uvit, generator)
     _save_module(uvit, uvit_config.to_dict(), root / "unet", "diffusion_pytorch_model.safetensors")
+    del uvit
 
     decoder_config = {
         "_class_name": "UniDiffuserTextDecoder",
@@ -179,10 +251,10 @@ def write_tiny_checkpoint(
         "prefix_inner_dim": text_config.hidden_size,
         "prefix_hidden_dim": uvit_config.text_dim,
         "vocab_size": len(gpt2_tokenizer),
-        "n_positions": 160,
-        "n_embd": 32,
-        "n_layer": 2,
-        "n_head": 2,
+        "n_positions": sizes.decoder_positions,
+        "n_embd": sizes.decoder_embd,
+        "n_layer": sizes.decoder_layers,
+        "n_head": sizes.decoder_heads,
         "n_inner": None,
         "activation_function": "gelu_new",
         "bos_token_id": gpt2_tokenizer.eos_token_id,
