@@ -75,7 +75,6 @@ def bench_modes(path: Path, args: argparse.Namespace) -> dict:
         path, steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch, device=args.device,
         dtype=args.dtype,
     )  # fmt: skip
-    pipe = reference_pipeline(path, args.device, dtype)
     n = args.batch
     prompts = [f"a red circle number {i} on a grey background" for i in range(n)]
     rng = np.random.default_rng(0)
@@ -84,40 +83,50 @@ def bench_modes(path: Path, args: argparse.Namespace) -> dict:
     ]
     pil_images = [Image.fromarray(i) for i in images]
     seeds = list(range(n))
+    ours = {
+        "t2i": lambda: engine.t2i(prompts, seeds),
+        "i2t": lambda: engine.i2t(images, seeds),
+        "joint": lambda: engine.joint(seeds),
+    }
+    # before the reference pipeline is loaded: the GPU then holds our engine alone
+    peaks = peak_gpu_memory(ours) if torch.device(args.device).type == "cuda" else {}
+
+    pipe = reference_pipeline(path, args.device, dtype)
     gen = lambda: torch.Generator(args.device).manual_seed(0)  # noqa: E731
     common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "output_type": "np"}
-    cases = {
-        "t2i": (lambda: engine.t2i(prompts, seeds), lambda: pipe(prompt=prompts, generator=gen(), **common)),
+    theirs = {
+        "t2i": lambda: pipe(prompt=prompts, generator=gen(), **common),
         # the pipeline captions one PIL image per call
-        "i2t": (
-            lambda: engine.i2t(images, seeds),
-            lambda: [pipe(image=im, generator=gen(), **common) for im in pil_images],
-        ),
-        "joint": (
-            lambda: engine.joint(seeds),
-            lambda: (pipe.set_joint_mode(), pipe(num_images_per_prompt=n, num_prompts_per_image=n, generator=gen(), **common)),
-        ),
+        "i2t": lambda: [pipe(image=im, generator=gen(), **common) for im in pil_images],
+        "joint": lambda: (pipe.set_joint_mode(), pipe(num_images_per_prompt=n, num_prompts_per_image=n, generator=gen(), **common)),
     }  # fmt: skip
     rows = {}
-    cuda = torch.device(args.device).type == "cuda"
-    for mode, (ours, theirs) in cases.items():
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        t_ours = timed(ours, args.repeats)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        t_ref = timed(theirs, args.repeats)
+    for mode in ours:
+        t_ours, t_ref = timed(ours[mode], args.repeats), timed(theirs[mode], args.repeats)
         rows[mode] = {
             "ours_outputs_per_s": n / t_ours,
             "diffusers_outputs_per_s": n / t_ref,
             "speedup": t_ref / t_ours,
-            "ours_peak_gpu_gib": peak,
+            "ours_peak_gpu_gib": peaks.get(mode),
         }
-        memory = f"   ours peak GPU memory {peak:.1f} GiB" if peak is not None else ""
+        memory = f"   ours peak GPU memory {peaks[mode]:.1f} GiB" if mode in peaks else ""
         print(
             f"{mode:6s} ours {n / t_ours:8.2f}/s   diffusers {n / t_ref:8.2f}/s   ratio {t_ref / t_ours:5.2f}x"
             + memory
         )
     return rows
+
+
+def peak_gpu_memory(calls: dict) -> dict[str, float]:
+    """Peak allocated GPU memory (GiB, weights included) of one run of each call."""
+    peaks = {}
+    for mode, call in calls.items():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        call()
+        torch.cuda.synchronize()
+        peaks[mode] = torch.cuda.max_memory_allocated() / 2**30
+    return peaks
 
 
 def matmul_rate(device: str, dtype: torch.dtype, size: int = 8192) -> float:

@@ -12,9 +12,16 @@ from PIL import Image
 from unidiffuser.checkpoint import Components
 from unidiffuser.noise import NoiseSource
 
-CPU_CONV_CHUNK = 4
-"""Records per convolutional forward on CPU. Fixed, so results are bitwise batch-independent; 4 was the fastest
-per record of 1, 2, 4 and 8 for both the tiny and a mid-size VAE on the development machine."""
+CPU_CONV_PIXELS = 4 * 64 * 64
+"""Image pixels per convolutional forward on CPU (see ``cpu_conv_chunk``)."""
+
+
+def cpu_conv_chunk(resolution: int) -> int:
+    """Records per convolutional forward on CPU for images of ``resolution``: fixed per checkpoint, so results
+    are bitwise batch-independent. Small images go several at a time (at 64 px, 4 was the fastest per record
+    of 1, 2, 4 and 8); from 128 px one at a time, where batching gains little (15 % at 256 px) and padding
+    a short batch would cost whole images (a 512 px decode alone takes seconds on a CPU)."""
+    return min(8, max(1, CPU_CONV_PIXELS // (resolution * resolution)))
 
 
 class Codecs:
@@ -28,7 +35,7 @@ class Codecs:
         # convolutional parts (VAE, CLIP image encoder) therefore always run on chunks of one fixed size, the last
         # one padded with zeros: for a fixed shape a record's result does not depend on its position or its
         # neighbours, so outputs never depend on the batch (tested).
-        self.conv_chunk = CPU_CONV_CHUNK if device.type == "cpu" else None
+        self.conv_chunk = cpu_conv_chunk(components.resolution) if device.type == "cpu" else None
 
     def _chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         """``fn`` over ``batch``; on CPU in fixed-size, zero-padded chunks (see ``__init__``)."""

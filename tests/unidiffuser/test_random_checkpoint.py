@@ -8,6 +8,7 @@ from pathlib import Path
 
 from unidiffuser import Mode, UniDiffuserEngine
 from unidiffuser.cli import main
+from unidiffuser.codecs import cpu_conv_chunk
 from unidiffuser.tiny import CheckpointSizes, tiny_uvit_config, uvit_h_config, write_random_checkpoint
 
 
@@ -70,3 +71,8 @@ def test_engine_cli_writes_a_checkpoint_and_samples_every_mode(tmp_path: Path) -
     for entries in report.values():
         for entry in entries:
             assert all((out / name).is_file() for name in entry["images"])
+
+
+def test_cpu_conv_chunks_shrink_with_the_image() -> None:
+    """Small images are decoded several at a time on CPU, large ones alone (a padded chunk costs whole images)."""
+    assert [cpu_conv_chunk(r) for r in (16, 32, 64, 128, 256, 512)] == [8, 8, 4, 1, 1, 1]
