@@ -24,7 +24,9 @@ def main(embeddings: str, index: str) -> None:
         found = faiss.read_index(f"{index}/{kind}.index")
         _, ids = found.search(vectors, 1)
         self_hits = float((ids[:, 0] == np.arange(len(vectors))).mean())
-        print(f"{kind}: {found.ntotal} vectors indexed of {len(vectors)}, first hit is itself for {self_hits:.0%}")
+        print(
+            f"{kind}: {found.ntotal} vectors indexed of {len(vectors)}, first hit is itself for {self_hits:.0%}"
+        )
         assert found.ntotal == len(vectors) == len(metadata), "index, embeddings and metadata disagree"
         assert self_hits == 1.0, "an embedding does not find itself first"
     print(f"metadata: {len(metadata)} rows, columns {list(metadata.columns)}")
