@@ -14,47 +14,46 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.spec import SpecError, load_spec
+
+if TYPE_CHECKING:
+    from pipelines.config import PipelineConfig
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
 
-def _load(args: argparse.Namespace):
-    return load_spec(args.spec, args.set)
+class CommandError(Exception):
+    """A problem the user can fix (bad spec, missing output, ...): printed, exit code 2, no traceback."""
 
 
-def _fail(message: str) -> int:
-    print(message, file=sys.stderr)
-    return 2
-
-
-def _checked(args: argparse.Namespace, failure: str):
-    """The spec, validated and pre-flighted; or the exit code after printing every problem."""
+def _load(args: argparse.Namespace) -> PipelineConfig:
     try:
-        config = _load(args)
+        return load_spec(args.spec, args.set)
     except SpecError as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
+
+
+def _checked(args: argparse.Namespace, failure: str) -> PipelineConfig:
+    """The spec, validated and pre-flighted; CommandError listing every problem otherwise."""
+    config = _load(args)
     from jobs.validate import preflight
 
     problems = preflight(config)
     if problems:
-        return _fail(f"{failure}:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise CommandError(f"{failure}:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _checked(args, "spec is valid but not runnable")
-    if isinstance(config, int):
-        return config
     print(f"ok: {args.spec} ({config.model.mode.value}, {config.input.kind} -> {config.output.uri})")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _checked(args, "cannot run")
-    if isinstance(config, int):
-        return config
     import ray
 
     from pipelines.run import run_pipeline
@@ -75,11 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from jobs import submit as jobs_api
 
-    try:
-        config = _load(args)
-    except SpecError as exc:
-        return _fail(str(exc))
-    job_id = jobs_api.submit(config, address=args.address)
+    job_id = jobs_api.submit(_load(args), address=args.address)
     print(job_id)
     return 0
 
@@ -111,7 +106,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         report, _ = inspect_output(args.output, samples=args.samples, sheet_path=args.sheet)
     except FileNotFoundError as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     print(report)
     return 0
 
@@ -122,7 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         return run_demo(Path(args.out), model=args.model, quiet=args.quiet)
     except DemoModelMissing as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
