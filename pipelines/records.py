@@ -25,9 +25,7 @@ READ_ERROR = "read_error"  # reason the reader could not produce the input, or N
 SEED = "seed"  # int64 per-record seed derived from job seed + key
 PIXELS = "pixels"  # raw RGB bytes of the input at model resolution (see stages/pixels.py), or None
 FLAGS = "flags"  # list of what was done to the input on the way (converted_from_RGBA, prompt_truncated, ...)
-SOURCE_IMAGE = (
-    "source_image"  # the input file's bytes, kept for the shards (i2t, output.caption_image "source")
-)
+SOURCE_IMAGE = "source_image"  # i2t: the input file's bytes, kept for the shards (output.caption_image)
 
 # --- written by the generate / score / filter stages ---------------------------------------------------------
 MODE = "mode"

@@ -90,9 +90,7 @@ class GenerateStage:
                 captions[i] = result.text
                 if result.image is not None:
                     images[i] = to_bytes(result.image)
-                elif (
-                    self.mode == Mode.I2T
-                ):  # scored against its prepared image (shards: output.caption_image)
+                elif self.mode == Mode.I2T:  # scored on its prepared image; shards: output.caption_image
                     images[i] = out[r.PIXELS].iloc[i]
                 flags[i] = flags[i] + [f for f in result.flags if f not in flags[i]]
         out[r.CAPTION] = captions
