@@ -120,6 +120,16 @@ def build_dataset(
     )
 
 
+def still_valid_units(planned: PlannedInput, markers: dict[int, dict]) -> frozenset[int]:
+    """Committed units that the current plan can skip: a marker whose record count differs from the planned
+    unit's (another input or shard size wrote it) is stale, and the unit is redone over it."""
+    sizes = {u.index: u.num_records for u in planned.units}
+    stale = sorted(u for u, marker in markers.items() if u in sizes and marker.get("inputs") != sizes[u])
+    if stale:
+        log.warning("units %s were committed by a different plan (record counts differ): redoing them", stale)
+    return frozenset(u for u in markers if u in sizes and u not in stale)
+
+
 def _spread() -> dict[str, Any]:
     return {"scheduling_strategy": "SPREAD"}
 
@@ -156,7 +166,7 @@ def run_pipeline(
     check_cluster_fits(config)
     options = config.storage.storage_options()
     planned = plan_input(config)
-    done = frozenset(committed_units(config.output.uri, options)) & {u.index for u in planned.units}
+    done = still_valid_units(planned, committed_units(config.output.uri, options))
     todo = planned.num_units - len(done)
     stats = ""
     if todo == 0:

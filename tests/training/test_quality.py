@@ -24,15 +24,15 @@ SETTING = {"guidance": 3.0, "steps": 25}
 # held-out pairs only the metrics well above chance are kept (joint does not depend on the split)
 MEASURED: dict[str, dict[str, float]] = {
     "val": {
-        "i2t": 0.917,
-        "t2i": 0.667,
-        "joint": 0.583,
-        "i2t2i": 0.625,
-        "t2i2t": 0.792,
+        "i2t": 1.0,
+        "t2i": 0.792,
+        "joint": 0.875,
+        "i2t2i": 0.875,
+        "t2i2t": 0.917,
         "clip_auc_i2t": 1.0,
-        "clip_auc_t2i": 0.981,
+        "clip_auc_t2i": 0.988,
     },
-    "heldout": {"i2t": 0.208, "t2i": 0.292, "clip_auc_i2t": 1.0, "clip_auc_t2i": 0.997},
+    "heldout": {"i2t": 0.333, "t2i": 0.458, "clip_auc_i2t": 1.0, "clip_auc_t2i": 1.0},
 }
 
 

@@ -33,7 +33,7 @@ class UViTTrainConfig:
     num_layers: int = 7
     heads: int = 4
     patch_size: int = 2
-    steps: int = 5000
+    steps: int = 10000
     batch_size: int = 128
     lr: float = 2e-3
     warmup: int = 100
