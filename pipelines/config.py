@@ -6,6 +6,8 @@ instance roles) as s3fs/botocore read them; ``storage`` only names the endpoint,
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -198,6 +200,14 @@ class PipelineConfig(_Strict):
     @property
     def model_id(self) -> str:
         return self.model.model_id or self.model.checkpoint
+
+    def output_fingerprint(self) -> str:
+        """A hash of everything that decides what the shards hold (input, model, CLIP, output format, seed):
+        stored in every unit marker, so a resume only skips units this very job committed. Name, resources
+        and storage are left out: a job may resume on another cluster or under another name."""
+        fields = self.model_dump(mode="json", include={"input", "model", "clip", "output", "seed"})
+        fields["output"].pop("uri", None)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def device(self) -> str:

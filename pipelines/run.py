@@ -120,14 +120,19 @@ def build_dataset(
     )
 
 
-def still_valid_units(planned: PlannedInput, markers: dict[int, dict]) -> frozenset[int]:
-    """Committed units that the current plan can skip: a marker whose record count differs from the planned
-    unit's (another input or shard size wrote it) is stale, and the unit is redone over it."""
+def still_valid_units(planned: PlannedInput, markers: dict[int, dict], fingerprint: str) -> frozenset[int]:
+    """Committed units this job can skip: those its own fingerprint committed with the planned record count.
+    Any other marker (another config, input or shard size wrote it) is stale: the unit is redone over it."""
     sizes = {u.index: u.num_records for u in planned.units}
-    stale = sorted(u for u, marker in markers.items() if u in sizes and marker.get("inputs") != sizes[u])
+    valid = {
+        u
+        for u, m in markers.items()
+        if m.get("fingerprint") == fingerprint and m.get("inputs") == sizes.get(u)
+    }
+    stale = sorted(set(markers) & set(sizes) - valid)
     if stale:
-        log.warning("units %s were committed by a different plan (record counts differ): redoing them", stale)
-    return frozenset(u for u in markers if u in sizes and u not in stale)
+        log.warning("units %s were committed by another job configuration or plan: redoing them", stale)
+    return frozenset(valid)
 
 
 def _spread() -> dict[str, Any]:
@@ -166,7 +171,9 @@ def run_pipeline(
     check_cluster_fits(config)
     options = config.storage.storage_options()
     planned = plan_input(config)
-    done = still_valid_units(planned, committed_units(config.output.uri, options))
+    done = still_valid_units(
+        planned, committed_units(config.output.uri, options), config.output_fingerprint()
+    )
     todo = planned.num_units - len(done)
     stats = ""
     if todo == 0:

@@ -24,6 +24,7 @@ def output_spec(config: PipelineConfig) -> OutputSpec:
         image_format=_IMAGE_FORMATS[out.image_format],
         quality=out.image_quality,
         storage_options=config.storage.storage_options(),
+        fingerprint=config.output_fingerprint(),
     )
 
 

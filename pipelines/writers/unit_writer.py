@@ -51,6 +51,7 @@ class OutputSpec:
     image_format: str = "jpg"  # jpg, png or webp
     quality: int = 95  # JPEG / WebP quality
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None  # of the job that writes (recorded in each marker; see resume)
 
     def __post_init__(self) -> None:
         unknown = set(self.formats) - set(FORMATS)
@@ -81,7 +82,10 @@ def write_unit(batch: pd.DataFrame, *, output: OutputSpec) -> dict[str, Any]:
             storage.remove_file(fs, storage.join(root, relpath))
         else:
             storage.write_bytes(fs, storage.join(root, relpath), data)
-    marker = counts | {"files": [relpath for relpath, data in files.items() if data is not None]}
+    marker = counts | {
+        "files": [relpath for relpath, data in files.items() if data is not None],
+        "fingerprint": output.fingerprint,
+    }
     commit.write_marker(fs, root, unit, marker)
     return marker
 

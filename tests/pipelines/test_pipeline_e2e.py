@@ -645,21 +645,21 @@ def test_resume_skips_committed_units_and_redoes_a_lost_one(
 def test_output_of_another_plan_is_redone_not_trusted(
     base_run: BaseRun, models: tuple[str, str], tmp_path: Path
 ) -> None:
-    """Re-running into an output that another shard size wrote: units whose markers hold other record counts
-    are redone, the rest skipped, and every input ends accounted for exactly once."""
+    """Re-running into an output that another job wrote: units whose markers hold another configuration's
+    fingerprint or another record count are redone, and every input ends accounted for exactly once."""
     root = tmp_path / "out"
     shutil.copytree(base_run.out_uri, root)
     assert [m["inputs"] for m in base_run.out.markers.values()][:2] == [3, 3]
     config = make_config(models, mode="t2i", input=base_run.input, output=str(root), shard_size=2)
-    report = run(config)
-    sizes = [min(2, len(base_run.keys) - 2 * u) for u in range(report.units_total)]
-    # old units of 3 records never match the new units of 2, except a last unit that happens to
-    assert report.units_run == report.units_total - report.units_skipped
-    assert report.units_skipped == sum(
-        1 for u, m in base_run.out.markers.items() if u < len(sizes) and m["inputs"] == sizes[u]
-    )
+    report = run(config)  # a shard size of 2 is another configuration: no old unit is trusted
+    assert (report.units_skipped, report.units_run) == (0, report.units_total)
     out = verify_output(read_tree(str(root), {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path)
     assert out.summary["inputs"] == len(base_run.keys)
+    # same units, another configuration (seed): nothing is trusted; the same again: everything is
+    reseeded = make_config(models, mode="t2i", input=base_run.input, output=str(root), shard_size=2, seed=5)
+    assert run(reseeded).units_skipped == 0
+    again = run(reseeded)
+    assert not again.did_model_work and again.units_skipped == again.units_total
 
 
 def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, str], tmp_path: Path) -> None:
