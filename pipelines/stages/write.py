@@ -33,9 +33,7 @@ def keeps_source_images(config: PipelineConfig) -> bool:
     return config.model.mode == Mode.I2T and config.output.caption_image == "source"
 
 
-def write_batch(
-    batch: pd.DataFrame, *, output: OutputSpec, caption_image: str = "model_input"
-) -> pd.DataFrame:
+def write_batch(batch: pd.DataFrame, *, output: OutputSpec, caption_image: str) -> pd.DataFrame:
     """Write and commit the unit in ``batch``; returns one row with the unit's counts (for progress).
 
     ``caption_image`` (``output.caption_image``) picks the image of i2t rows: their kept input file
