@@ -3,14 +3,15 @@
     reader (one block per unit) -> preprocess (CPU tasks) -> generate (engine actors) -> CLIP score (actors)
     -> filter -> write + commit (CPU tasks) -> _summary.json
 
-Units already committed under the output are skipped, so re-running a job resumes it.
+Units this job already committed under the output are skipped, so re-running a job resumes it; units of
+another configuration are redone and units outside the plan removed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from pipelines.stages.write import keeps_source_images, output_spec, write_batch
 from pipelines.versions import versions
 from pipelines.writers.commit import committed_units
 from pipelines.writers.summary import write_summary
+from pipelines.writers.unit_writer import retire_unit
 from unidiffuser.checkpoint import read_checkpoint_resolution
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,18 @@ def still_valid_units(planned: PlannedInput, markers: dict[int, dict], fingerpri
     return frozenset(valid)
 
 
+def retire_units_outside_plan(
+    uri: str, planned: PlannedInput, markers: dict[int, dict], storage_options: Mapping[str, Any]
+) -> None:
+    """Remove committed units the plan does not have (an earlier run with a smaller shard size or a larger
+    input wrote them), so the output holds this job's units only and its accounting adds up."""
+    outside = sorted(set(markers) - {u.index for u in planned.units})
+    if outside:
+        log.warning("removing units %s: committed by an earlier run, not in this job's plan", outside)
+    for unit in outside:
+        retire_unit(uri, unit, storage_options)
+
+
 def _spread() -> dict[str, Any]:
     return {"scheduling_strategy": "SPREAD"}
 
@@ -171,9 +185,9 @@ def run_pipeline(
     check_cluster_fits(config)
     options = config.storage.storage_options()
     planned = plan_input(config)
-    done = still_valid_units(
-        planned, committed_units(config.output.uri, options), config.output_fingerprint()
-    )
+    markers = committed_units(config.output.uri, options)
+    retire_units_outside_plan(config.output.uri, planned, markers, options)
+    done = still_valid_units(planned, markers, config.output_fingerprint())
     todo = planned.num_units - len(done)
     stats = ""
     if todo == 0:

@@ -14,7 +14,8 @@ Layout under ``OutputSpec.uri`` (``{u}`` is the unit id zero-padded to 5 digits)
 
 Every file is written whole (``storage.write_bytes``), the old marker is removed before a rewrite and the
 new one written last, so a unit is either committed with all its files or not committed. Rewriting a
-unit writes the same names (and removes its stale optional files), so it is idempotent.
+unit writes the same names and removes every other name a unit may have (an empty errors file, a format
+no longer selected), so it is idempotent. ``retire_unit`` removes a unit that is no longer in the plan.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,45 @@ def write_unit(batch: pd.DataFrame, *, output: OutputSpec) -> dict[str, Any]:
     return marker
 
 
+def retire_unit(uri: str, unit: int, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Remove ``unit`` from the output: its marker first (so it is never half-committed), then every file
+    a unit may have. For units a re-planned job no longer has (e.g. after a change of shard size)."""
+    fs, root = storage.open_filesystem(uri, storage_options)
+    commit.remove_marker(fs, root, unit)
+    for relpath in UnitPaths.of(commit.unit_name(unit)).all():
+        storage.remove_file(fs, storage.join(root, relpath))
+
+
+@dataclass(frozen=True)
+class UnitPaths:
+    """Every relative path a unit may have, in any output format (the commit marker excepted)."""
+
+    parquet: str
+    tar: str
+    stats: str
+    img_emb: str
+    text_emb: str
+    metadata: str
+    rejected: str
+    errors: str
+
+    @classmethod
+    def of(cls, name: str) -> UnitPaths:
+        return cls(
+            parquet=f"{SHARDS_DIR}/{name}.parquet",
+            tar=f"{SHARDS_DIR}/{name}.tar",
+            stats=f"{SHARDS_DIR}/{name}_stats.json",
+            img_emb=f"{EMBEDDINGS_DIR}/img_emb/img_emb_{name}.npy",
+            text_emb=f"{EMBEDDINGS_DIR}/text_emb/text_emb_{name}.npy",
+            metadata=f"{EMBEDDINGS_DIR}/metadata/metadata_{name}.parquet",
+            rejected=f"{REJECTED_DIR}/{name}.parquet",
+            errors=f"{ERRORS_DIR}/{name}.parquet",
+        )
+
+    def all(self) -> tuple[str, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
 def _split(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list[dict]]:
     """(ok, rejected, errored) rows; rejected and errored rows carry their final ``reason``."""
     outcome: dict[r.Status, list[dict]] = {status: [] for status in r.Status}
@@ -122,14 +162,16 @@ def _unit_files(
     counts: dict[str, Any],
     output: OutputSpec,
 ) -> dict[str, bytes | None]:
-    """Every file of the unit by relative path; None means "must not exist" (a stale optional file)."""
-    files: dict[str, bytes | None] = {}
+    """Every path a unit may have, with its bytes or None for "must not exist" (an empty errors file, a
+    format not selected): a rewrite never leaves a file of another configuration behind."""
+    paths = UnitPaths.of(name)
+    files: dict[str, bytes | None] = dict.fromkeys(paths.all())
     members = webdataset_shards.member_names([row[r.KEY] for row in ok])
     if "parquet" in output.formats:
         table = parquet_shards.rows_table(ok, parquet_shards.SHARD_SCHEMA)
-        files[f"{SHARDS_DIR}/{name}.parquet"] = parquet_shards.parquet_bytes(table)
+        files[paths.parquet] = parquet_shards.parquet_bytes(table)
     if "webdataset" in output.formats:
-        files[f"{SHARDS_DIR}/{name}.tar"] = webdataset_shards.tar_bytes(ok, members)
+        files[paths.tar] = webdataset_shards.tar_bytes(ok, members)
     if {"parquet", "webdataset"} & set(output.formats):
         stats = webdataset_shards.stats(
             unit=counts["unit"],
@@ -139,11 +181,11 @@ def _unit_files(
             errored=counts["errored"],
             reasons=counts["reasons"],
         )
-        files[f"{SHARDS_DIR}/{name}_stats.json"] = json.dumps(stats, indent=1).encode()
+        files[paths.stats] = json.dumps(stats, indent=1).encode()
     if "embeddings" in output.formats:
-        files |= _embedding_files(name, ok, members, output)
-    files[f"{REJECTED_DIR}/{name}.parquet"] = _table_bytes(rejected, parquet_shards.REJECTED_SCHEMA)
-    files[f"{ERRORS_DIR}/{name}.parquet"] = _table_bytes(errored, parquet_shards.ERRORS_SCHEMA)
+        files |= _embedding_files(paths, name, ok, members, output)
+    files[paths.rejected] = _table_bytes(rejected, parquet_shards.REJECTED_SCHEMA)
+    files[paths.errors] = _table_bytes(errored, parquet_shards.ERRORS_SCHEMA)
     return files
 
 
@@ -202,27 +244,23 @@ def _encode(row: dict[str, Any], output: OutputSpec) -> None:
 
 
 def _embedding_files(
-    name: str, ok: list[dict], members: list[str], output: OutputSpec
+    paths: UnitPaths, name: str, ok: list[dict], members: list[str], output: OutputSpec
 ) -> dict[str, bytes | None]:
     """clip-retrieval files; ``image_path`` is ``{u}.tar/{member}.{ext}`` when the tar holds the image."""
     img = embeddings.embedding_matrix(ok, r.IMAGE_EMBEDDING) if ok else None
     text = embeddings.embedding_matrix(ok, r.TEXT_EMBEDDING) if ok else None
     in_tar = "webdataset" in output.formats
-    paths = [
+    image_paths = [
         f"{name}.tar/{member}.{row[r.IMAGE_FORMAT]}"
         if in_tar and row.get(r.IMAGE) is not None
         else row[r.KEY]
         for row, member in zip(ok, members, strict=True)
     ]
-    metadata = embeddings.metadata_table(ok, paths) if img is not None or text is not None else None
+    metadata = embeddings.metadata_table(ok, image_paths) if img is not None or text is not None else None
     return {
-        f"{EMBEDDINGS_DIR}/img_emb/img_emb_{name}.npy": None if img is None else embeddings.npy_bytes(img),
-        f"{EMBEDDINGS_DIR}/text_emb/text_emb_{name}.npy": None
-        if text is None
-        else embeddings.npy_bytes(text),
-        f"{EMBEDDINGS_DIR}/metadata/metadata_{name}.parquet": (
-            None if metadata is None else parquet_shards.parquet_bytes(metadata)
-        ),
+        paths.img_emb: None if img is None else embeddings.npy_bytes(img),
+        paths.text_emb: None if text is None else embeddings.npy_bytes(text),
+        paths.metadata: None if metadata is None else parquet_shards.parquet_bytes(metadata),
     }
 
 

@@ -646,7 +646,8 @@ def test_output_of_another_plan_is_redone_not_trusted(
     base_run: BaseRun, models: tuple[str, str], tmp_path: Path
 ) -> None:
     """Re-running into an output that another job wrote: units whose markers hold another configuration's
-    fingerprint or another record count are redone, and every input ends accounted for exactly once."""
+    fingerprint or another record count are redone, units outside the plan are removed, and every input
+    ends accounted for exactly once."""
     root = tmp_path / "out"
     shutil.copytree(base_run.out_uri, root)
     assert [m["inputs"] for m in base_run.out.markers.values()][:2] == [3, 3]
@@ -660,6 +661,15 @@ def test_output_of_another_plan_is_redone_not_trusted(
     assert run(reseeded).units_skipped == 0
     again = run(reseeded)
     assert not again.did_model_work and again.units_skipped == again.units_total
+    # back to the first plan, which has fewer units: the extra units of the shard-size-2 runs are removed
+    first_plan = make_config(models, mode="t2i", input=base_run.input, output=str(root))
+    back = run(first_plan)
+    assert back.units_total < report.units_total and back.units_run == back.units_total
+    out = verify_output(read_tree(str(root), {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path)
+    assert set(out.files) == set(base_run.out.files), "files of units outside the plan were left behind"
+    assert out.summary["units"] == back.units_total
+    for name in ("inputs", "written", "rejected", "errored", "error_reasons", "rejected_reasons"):
+        assert out.summary[name] == base_run.out.summary[name]
 
 
 def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, str], tmp_path: Path) -> None:

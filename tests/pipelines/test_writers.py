@@ -24,7 +24,7 @@ from pipelines.stages.write import write_batch
 from pipelines.writers import commit, unit_writer
 from pipelines.writers.encode import encode_image, image_format, source_image
 from pipelines.writers.summary import AccountingError, redact, write_summary
-from pipelines.writers.unit_writer import OutputSpec, write_unit
+from pipelines.writers.unit_writer import OutputSpec, retire_unit, write_unit
 
 ALL_FORMATS = ("parquet", "webdataset", "embeddings")
 DIM = 8
@@ -329,6 +329,25 @@ def test_rewrite_is_idempotent_and_removes_stale_files(tmp_path: Path) -> None:
     assert len(list(wds.WebDataset(str(tmp_path / "shards" / "00003.tar"), shardshuffle=False))) == 3
     assert np.load(tmp_path / "embeddings" / "img_emb" / "img_emb_00003.npy").shape == (3, DIM)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_rewrite_with_fewer_formats_removes_the_other_formats_files(tmp_path: Path) -> None:
+    write_unit(unit_frame(4, ["ok", "ok"]), output=OutputSpec(str(tmp_path), formats=ALL_FORMATS))
+    marker = write_unit(unit_frame(4, ["ok", "ok"]), output=OutputSpec(str(tmp_path), formats=("parquet",)))
+    present = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert present == sorted([*marker["files"], "_units/00004.json"])
+    assert marker["files"] == ["shards/00004.parquet", "shards/00004_stats.json"]
+
+
+def test_retire_unit_removes_marker_and_every_file(tmp_path: Path) -> None:
+    spec = OutputSpec(str(tmp_path), formats=ALL_FORMATS)
+    write_unit(unit_frame(1, ["ok", "rejected", "error"]), output=spec)
+    kept = write_unit(unit_frame(2, ["ok", "rejected", "error"]), output=spec)
+    retire_unit(str(tmp_path), 1)
+    retire_unit(str(tmp_path), 7)  # nothing there: no error
+    assert commit.committed_units(str(tmp_path)) == {2: kept}
+    present = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert present == sorted([*kept["files"], "_units/00002.json"])
 
 
 def test_crash_mid_rewrite_leaves_unit_uncommitted(tmp_path: Path, monkeypatch) -> None:
