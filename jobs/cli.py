@@ -57,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import ray
 
     from pipelines.run import run_pipeline
+    from pipelines.writers.summary import outcome_line
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=args.verbose)
     report = run_pipeline(config, progress=not args.quiet)
@@ -64,8 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not report.did_model_work:
         print(f"nothing to do: all {report.units_total} units of {config.output.uri} were already committed")
     print(
-        f"{config.name}: {s['inputs']} inputs -> {s['written']} written, {s['rejected']} rejected, "
-        f"{s['errored']} errored in {s['wall_time_s']:.1f}s ({report.units_run} units run, "
+        f"{config.name}: {outcome_line(s)} in {s['wall_time_s']:.1f}s ({report.units_run} units run, "
         f"{report.units_skipped} skipped) -> {config.output.uri}"
     )
     return 0

@@ -91,6 +91,7 @@ def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
     from jobs.inspect_output import inspect_output
     from jobs.spec import load_spec
     from pipelines.run import run_pipeline
+    from pipelines.writers.summary import outcome_line
 
     out = out.resolve()
     checkpoint, clip = prepare_models(model, out / "models")
@@ -103,8 +104,7 @@ def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
         config = load_spec(SPECS / name, overrides)
         report = run_pipeline(config, progress=not quiet)
         s = report.summary
-        print(f"\n== {config.name}: {s['inputs']} inputs -> {s['written']} written, {s['rejected']} rejected, "
-              f"{s['errored']} errored{'' if report.did_model_work else ' (already done: no model work)'}")  # fmt: skip
+        print(f"\n== {config.name}: {outcome_line(s)}{'' if report.did_model_work else ' (already done: no model work)'}")  # fmt: skip
         print(inspect_output(str(out / job), samples=16)[0])
     print(f"\nshards, rejects, errors and contact sheets are under {out}")
     return 0

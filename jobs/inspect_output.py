@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
+from pipelines.writers.summary import outcome_line
+
 TILE, CAPTION_LINES, COLUMNS = 160, 4, 6
 
 
@@ -77,8 +79,7 @@ def inspect_output(output_uri: str, *, samples: int = 24, sheet_path: str | None
     rows = load_samples(output_uri, samples, storage_options)
     lines = [
         f"output   {output_uri}",
-        f"inputs   {summary['inputs']}   written {summary['written']}   rejected {summary['rejected']}   "
-        f"errored {summary['errored']}   ({summary.get('records_per_s')} records/s)",
+        f"records  {outcome_line(summary)}   ({summary.get('records_per_s')} records/s)",
     ]
     for title, key in (("rejected", "rejected_reasons"), ("errors", "error_reasons")):
         for reason, count in sorted(summary.get(key, {}).items(), key=lambda kv: -kv[1]):

@@ -88,6 +88,13 @@ class ModelSpec(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype")
     resolution: int | None = Field(None, gt=0, description="must match the checkpoint if given")
     compile: bool = Field(False, description="torch.compile the U-ViT")
+    samples_per_input: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="records drawn per prompt or image, each with its own seed (key "
+        "`{key}_{i}`); with clip.keep_best, best-of-n generation",
+    )
     caption_beams: int = Field(5, ge=1, description="beam width of caption decoding")
     caption_max_tokens: int = Field(67, ge=1, description="longest caption, in tokens")
     max_image_pixels: int = Field(89_478_485, gt=0, description="larger input images are errors (bomb guard)")
@@ -118,6 +125,12 @@ class ClipSpec(_Strict):
         None, description="reject records scoring above (e.g. text rendered in image)"
     )
     batch_size: int = Field(32, ge=1, description="images or texts per CLIP forward")
+    keep_best: int | None = Field(
+        None,
+        ge=1,
+        description="keep only the k best-scoring samples of each input (the others are "
+        "rejected with the reason); needs model.samples_per_input above k",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ClipSpec:
@@ -135,7 +148,12 @@ class OutputSpec(_Strict):
     formats: list[OutputFormat] = Field(
         default_factory=lambda: ["parquet", "webdataset"], description="shard formats to write"
     )
-    shard_size: int = Field(1000, ge=1, le=100_000, description="records per unit = per shard")
+    shard_size: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="inputs per unit = per shard (times model.samples_per_input records)",
+    )
     image_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="encoding of written images")
     image_quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality")
     caption_image: Literal["source", "model_input", "none"] = Field(
@@ -195,6 +213,19 @@ class PipelineConfig(_Strict):
             raise ValueError(
                 f"model.mode {self.model.mode.value!r} needs input.kind {wanted!r}, got {self.input.kind!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _samples(self) -> PipelineConfig:
+        samples, keep = self.model.samples_per_input, self.clip.keep_best
+        if samples > 1 and self.input.kind == "count":
+            raise ValueError("model.samples_per_input applies to prompts and images; for input.kind 'count' "
+                             "raise input.count instead")  # fmt: skip
+        if keep is not None and not self.clip.enabled:
+            raise ValueError("clip.keep_best ranks samples by CLIP score: it needs clip.enabled")
+        if keep is not None and keep >= samples:
+            raise ValueError(f"clip.keep_best ({keep}) must be below model.samples_per_input ({samples}), "
+                             "or it keeps every sample")  # fmt: skip
         return self
 
     @property

@@ -1,7 +1,7 @@
 """The columns one record carries from reader to shard.
 
-Every stage is a 1:1 row map (nothing is dropped), so one record can be followed by its ``key`` from the
-reader to the writer. A record's ``unit`` is the output shard it belongs to; a unit is read as one block,
+Every stage after preprocess is a 1:1 row map (nothing is dropped), so one record can be followed by its
+``key`` from the reader to the writer (preprocess may draw several samples of one input, see INPUT_KEY). A record's ``unit`` is the output shard it belongs to; a unit is read as one block,
 processed as one block and committed as one shard, which is what makes resume exact.
 """
 
@@ -22,6 +22,10 @@ IMAGE_BYTES = "image_bytes"  # encoded input image (i2t, i2t2i), or None
 READ_ERROR = "read_error"  # reason the reader could not produce the input, or None
 
 # --- written by preprocess ----------------------------------------------------------------------------------
+# With ``model.samples_per_input`` > 1 preprocess turns each input into that many records ("samples"): each
+# has its own KEY ``{input key}_{sample}`` and so its own seed; with 1 the KEY is the input key itself.
+INPUT_KEY = "input_key"  # the key of the input record a sample was drawn for
+SAMPLE = "sample"  # int: the sample's index among its input's samples (0 with one sample per input)
 SEED = "seed"  # int64 per-record seed derived from job seed + key
 PIXELS = "pixels"  # raw RGB bytes of the input at model resolution (see stages/pixels.py), or None
 FLAGS = "flags"  # list of what was done to the input on the way (converted_from_RGBA, prompt_truncated, ...)

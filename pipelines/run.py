@@ -76,9 +76,10 @@ def build_dataset(
         config.model.checkpoint, storage_options=config.storage.storage_options()
     )
     ds = planned.to_dataset(skip_units)
+    samples = config.model.samples_per_input
     ds = ds.map_batches(
         preprocess_batch,
-        **one_to_one,
+        **one_to_one | {"udf_modifying_row_count": samples > 1},  # it draws the samples of each input
         num_cpus=res.preprocess_cpus,
         # decoding is spread over the cluster's CPUs; an args function also keeps Ray Data from fusing this
         # stage into the engine actors, where decoding would hold the GPU (Ray deprecates args functions and
@@ -90,6 +91,7 @@ def build_dataset(
             "resolution": resolution,
             "max_image_pixels": config.model.max_image_pixels,
             "keep_source_images": keeps_source_images(config),
+            "samples_per_input": samples,
         },
     )
     ds = ds.map_batches(
@@ -112,7 +114,11 @@ def build_dataset(
     ds = ds.map_batches(
         filter_batch,
         **one_to_one,
-        fn_kwargs={"min_score": config.clip.min_score, "max_score": config.clip.max_score},
+        fn_kwargs={
+            "min_score": config.clip.min_score,
+            "max_score": config.clip.max_score,
+            "keep_best": config.clip.keep_best,
+        },
     )
     return ds.map_batches(
         write_batch,
@@ -122,14 +128,16 @@ def build_dataset(
     )
 
 
-def still_valid_units(planned: PlannedInput, markers: dict[int, dict], fingerprint: str) -> frozenset[int]:
+def still_valid_units(
+    planned: PlannedInput, markers: dict[int, dict], fingerprint: str, samples_per_input: int = 1
+) -> frozenset[int]:
     """Committed units this job can skip: those its own fingerprint committed with the planned record count.
     Any other marker (another config, input or shard size wrote it) is stale: the unit is redone over it."""
-    sizes = {u.index: u.num_records for u in planned.units}
+    sizes = {u.index: u.num_records * samples_per_input for u in planned.units}
     valid = {
         u
         for u, m in markers.items()
-        if m.get("fingerprint") == fingerprint and m.get("inputs") == sizes.get(u)
+        if m.get("fingerprint") == fingerprint and m.get("records") == sizes.get(u)
     }
     stale = sorted(set(markers) & set(sizes) - valid)
     if stale:
@@ -177,7 +185,8 @@ def run_pipeline(
 ) -> RunReport:
     """Run the job to completion on the current Ray cluster (started locally if none) and write the summary.
 
-    Raises ``pipelines.writers.summary.AccountingError`` if inputs != written + rejected + errored.
+    Raises ``pipelines.writers.summary.AccountingError`` unless every record (each sample of each input) is
+    written, rejected or errored.
     """
     started = time.perf_counter()
     if not ray.is_initialized():
@@ -187,7 +196,8 @@ def run_pipeline(
     planned = plan_input(config)
     markers = committed_units(config.output.uri, options)
     retire_units_outside_plan(config.output.uri, planned, markers, options)
-    done = still_valid_units(planned, markers, config.output_fingerprint())
+    samples = config.model.samples_per_input
+    done = still_valid_units(planned, markers, config.output_fingerprint(), samples)
     todo = planned.num_units - len(done)
     stats = ""
     if todo == 0:
@@ -205,6 +215,7 @@ def run_pipeline(
     summary = write_summary(
         config.output.uri,
         inputs=planned.num_records,
+        samples_per_input=samples,
         config=config.model_dump(mode="json"),
         wall_time_s=time.perf_counter() - started,
         versions=versions(),

@@ -1,6 +1,7 @@
-"""Stage 1, CPU tasks: per-record seeds, prompt checks, image decoding (EXIF, RGB, resize + center-crop).
+"""Stage 1, CPU tasks: prompt checks, image decoding (EXIF, RGB, resize + center-crop), samples, seeds.
 
-GPUs never decode: the generate stage receives ready pixels. Bad records become error rows here.
+GPUs never decode: the generate stage receives ready pixels. Bad records become error rows here. With
+``samples_per_input`` > 1 each input becomes that many records (decoded once), each with its own key and seed.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ def preprocess_batch(
     resolution: int,
     max_image_pixels: int,
     keep_source_images: bool = False,
+    samples_per_input: int = 1,
 ) -> pd.DataFrame:
-    """Add seed, pixels, status, reason and flags to one unit's rows (and, if asked, keep each good input
-    image's file bytes for the shards)."""
-    seeds, pixels, sources, status, reasons, flags = [], [], [], [], [], []
+    """Add pixels, status, reason and flags to one unit's rows (and, if asked, keep each good input image's
+    file bytes for the shards), then draw ``samples_per_input`` records of each with their keys and seeds."""
+    pixels, sources, status, reasons, flags = [], [], [], [], []
     for row in batch.itertuples(index=False):
-        key = getattr(row, r.KEY)
-        seeds.append(derive_seed(job_seed, key))
         read_error = getattr(row, r.READ_ERROR)
         image, reason, row_flags = None, None if r.missing(read_error) else read_error, []
         if reason is None:
@@ -47,10 +47,26 @@ def preprocess_batch(
         reasons.append(None if reason is None else f"input: {reason}")  # reader and input problems alike
         flags.append(row_flags)
     out = batch.drop(columns=[r.IMAGE_BYTES, r.READ_ERROR])
-    out[r.SEED] = seeds
     out[r.PIXELS] = pixels
     out[r.SOURCE_IMAGE] = sources
     out[r.STATUS] = status
     out[r.REASON] = reasons
     out[r.FLAGS] = flags
+    out = draw_samples(out, samples_per_input)
+    out[r.SEED] = [derive_seed(job_seed, key) for key in out[r.KEY]]
+    return out
+
+
+def draw_samples(batch: pd.DataFrame, samples_per_input: int) -> pd.DataFrame:
+    """``samples_per_input`` rows per input row, in input order, with INPUT_KEY, SAMPLE and the sample's KEY
+    (``{input key}_{sample}``; the input key itself when there is one sample per input). Keys stay unique:
+    a sample key ends in ``_`` and digits, and no input key gets an unsuffixed sample when there are several."""
+    batch = batch.reset_index(drop=True)
+    input_keys = batch[r.KEY].tolist()
+    out = batch.loc[batch.index.repeat(samples_per_input)].reset_index(drop=True)
+    samples = [i for _ in input_keys for i in range(samples_per_input)]
+    out[r.INPUT_KEY] = [key for key in input_keys for _ in range(samples_per_input)]
+    out[r.SAMPLE] = samples
+    if samples_per_input > 1:
+        out[r.KEY] = [f"{key}_{i}" for key, i in zip(out[r.INPUT_KEY], samples, strict=True)]
     return out

@@ -43,5 +43,5 @@ def write_batch(batch: pd.DataFrame, *, output: OutputSpec, caption_image: str) 
         rows.loc[rows[r.MODE] == Mode.I2T.value, r.OUT_PIXELS] = None
     rows[r.OUT_PIXELS] = [None if r.missing(p) else from_bytes(p) for p in rows[r.OUT_PIXELS]]
     marker = write_unit(rows.drop(columns=[r.PIXELS]), output=output)
-    counts = {k: marker[k] for k in ("unit", "inputs", "written", "rejected", "errored")}
+    counts = {k: marker[k] for k in ("unit", "records", "written", "rejected", "errored")}
     return pd.DataFrame([{**counts, "reasons": json.dumps(marker["reasons"])}])

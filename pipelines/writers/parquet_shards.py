@@ -19,6 +19,8 @@ _EMBEDDING = pa.list_(pa.float32())
 SHARD_SCHEMA = pa.schema(
     [
         pa.field(r.KEY, pa.string(), nullable=False),
+        pa.field(r.INPUT_KEY, pa.string()),
+        pa.field(r.SAMPLE, pa.int32()),
         pa.field(r.SOURCE, pa.string()),
         pa.field(r.MODE, pa.string()),
         pa.field(r.PROMPT, pa.string()),
@@ -47,14 +49,14 @@ def _columns(*names: str) -> list[pa.Field]:
 
 REJECTED_SCHEMA = pa.schema(
     [
-        *_columns(r.KEY, r.SOURCE, r.MODE, r.PROMPT, r.TEXT, r.CAPTION, r.CLIP_SCORE),
+        *_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT, r.TEXT, r.CAPTION, r.CLIP_SCORE),
         _REASON,
         *_columns(r.IMAGE, r.IMAGE_FORMAT, r.SEED),
     ]
 )
 """Records the filter rejected, with their image so a user can look at what was thrown away."""
 
-ERRORS_SCHEMA = pa.schema([*_columns(r.KEY, r.SOURCE, r.MODE, r.PROMPT), _REASON])
+ERRORS_SCHEMA = pa.schema([*_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT), _REASON])
 """Records some stage could not process, with the reason."""
 
 

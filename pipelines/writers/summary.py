@@ -1,7 +1,8 @@
 """``_summary.json``: a job's totals aggregated from its unit commit markers, checked for exact accounting.
 
-Every input record ends as exactly one of written, rejected or errored; ``write_summary`` raises
-``AccountingError`` (and writes nothing) when the committed units do not add up to the job's inputs.
+Every record (each of ``samples_per_input`` samples of each input) ends as exactly one of written, rejected or
+errored; ``write_summary`` raises ``AccountingError`` (and writes nothing) when the committed units do not add
+up to the job's records.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ def redact(config: Any) -> Any:
     return config
 
 
-def summarize(markers: Mapping[int, Mapping[str, Any]], *, inputs: int) -> dict[str, Any]:
-    """Totals over unit markers; raises AccountingError unless inputs == written + rejected + errored."""
+def summarize(
+    markers: Mapping[int, Mapping[str, Any]], *, inputs: int, samples_per_input: int = 1
+) -> dict[str, Any]:
+    """Totals over unit markers; raises AccountingError unless the records (inputs x samples_per_input)
+    equal written + rejected + errored."""
+    records = inputs * samples_per_input
     totals = {name: sum(int(m.get(name, 0)) for m in markers.values()) for name in _COUNTS}
     rejected_reasons: Counter[str] = Counter()
     error_reasons: Counter[str] = Counter()
@@ -53,29 +58,44 @@ def summarize(markers: Mapping[int, Mapping[str, Any]], *, inputs: int) -> dict[
         rejected_reasons.update(marker.get("rejected_reasons", {}))
         error_reasons.update(marker.get("error_reasons", {}))
     outcomes = totals["written"] + totals["rejected"] + totals["errored"]
-    if outcomes != inputs or totals["inputs"] != inputs:
+    if outcomes != records or totals["records"] != records:
+        expected = f"{inputs} inputs"
+        if samples_per_input > 1:
+            expected = f"{records} records ({inputs} inputs x {samples_per_input} samples)"
         raise AccountingError(
-            f"records are not accounted for: {inputs} inputs but {totals['written']} written + "
-            f"{totals['rejected']} rejected + {totals['errored']} errored = {outcomes} over "
-            f"{len(markers)} committed units (which hold {totals['inputs']} inputs); "
-            "resume the job to finish its remaining units"
+            f"records are not accounted for: {expected} but {totals['written']} written + {totals['rejected']} rejected + "
+            f"{totals['errored']} errored = {outcomes} over {len(markers)} committed units (which hold "
+            f"{totals['records']} records); resume the job to finish its remaining units"
         )
     return {
         "inputs": inputs,
-        **{name: totals[name] for name in _COUNTS if name != "inputs"},
+        "samples_per_input": samples_per_input,
+        "records": records,
+        **{name: totals[name] for name in _COUNTS if name != "records"},
         "units": len(markers),
         "rejected_reasons": dict(rejected_reasons.most_common()),
         "error_reasons": dict(error_reasons.most_common()),
     }
 
 
-_COUNTS = ("inputs", "written", "rejected", "errored")
+_COUNTS = ("records", "written", "rejected", "errored")
+
+
+def outcome_line(summary: Mapping[str, Any]) -> str:
+    """``12 inputs -> 10 written, 1 rejected, 1 errored`` (with ``x 4 samples = 48 records`` when several)."""
+    samples = summary.get("samples_per_input", 1)
+    drawn = f" x {samples} samples = {summary['records']} records" if samples > 1 else ""
+    return (
+        f"{summary['inputs']} inputs{drawn} -> {summary['written']} written, {summary['rejected']} rejected, "
+        f"{summary['errored']} errored"
+    )
 
 
 def write_summary(
     output_uri: str,
     *,
     inputs: int,
+    samples_per_input: int = 1,
     config: Mapping[str, Any],
     wall_time_s: float,
     versions: Mapping[str, str],
@@ -85,12 +105,13 @@ def write_summary(
     """Aggregate all unit markers under ``output_uri`` into ``_summary.json`` and return it.
 
     ``config`` is written with secrets removed (see ``redact``). Raises AccountingError, writing nothing,
-    when the committed units do not account for all ``inputs``.
+    when the committed units do not account for every record (``inputs`` x ``samples_per_input``).
     """
-    summary = summarize(committed_units(output_uri, storage_options), inputs=inputs)
+    markers = committed_units(output_uri, storage_options)
+    summary = summarize(markers, inputs=inputs, samples_per_input=samples_per_input)
     summary |= {
         "wall_time_s": round(float(wall_time_s), 3),
-        "records_per_s": round(inputs / wall_time_s, 3) if wall_time_s > 0 else None,
+        "records_per_s": round(summary["records"] / wall_time_s, 3) if wall_time_s > 0 else None,
         "versions": dict(versions),
         "config": redact(dict(config)),
         **dict(extra or {}),

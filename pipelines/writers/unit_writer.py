@@ -144,7 +144,7 @@ def _counts(unit: int, ok: list[dict], rejected: list[dict], errored: list[dict]
     error_reasons = Counter(row[r.REASON] for row in errored)
     return {
         "unit": unit,
-        "inputs": len(ok) + len(rejected) + len(errored),
+        "records": len(ok) + len(rejected) + len(errored),
         "written": len(ok),
         "rejected": len(rejected),
         "errored": len(errored),
@@ -175,7 +175,7 @@ def _unit_files(
     if {"parquet", "webdataset"} & set(output.formats):
         stats = webdataset_shards.stats(
             unit=counts["unit"],
-            inputs=counts["inputs"],
+            records=counts["records"],
             written=counts["written"],
             rejected=counts["rejected"],
             errored=counts["errored"],

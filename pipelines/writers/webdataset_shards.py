@@ -19,6 +19,8 @@ from pipelines import records as r
 
 METADATA_FIELDS = (
     r.KEY,
+    r.INPUT_KEY,
+    r.SAMPLE,
     r.SOURCE,
     r.MODE,
     r.PROMPT,
@@ -89,12 +91,12 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
 
 
 def stats(
-    *, unit: int, inputs: int, written: int, rejected: int, errored: int, reasons: Mapping[str, int]
+    *, unit: int, records: int, written: int, rejected: int, errored: int, reasons: Mapping[str, int]
 ) -> dict:
     """img2dataset-style shard stats: ``count``, ``successes``, failure counts and a ``status_dict``."""
     return {
         "unit": unit,
-        "count": inputs,
+        "count": records,
         "successes": written,
         "failed_to_process": errored,
         "rejected": rejected,

@@ -115,7 +115,7 @@ def test_inspect_prints_counts_and_writes_a_contact_sheet(prompt_spec, tmp_path:
     cli("run", str(spec), "--quiet")
     sheet = tmp_path / "sheet.png"
     report = cli("inspect", str(tmp_path / "out"), "--sheet", str(sheet)).stdout
-    assert "inputs   3   written 2   rejected 0   errored 1" in report
+    assert "records  3 inputs -> 2 written, 0 rejected, 1 errored" in report
     assert "input: empty prompt" in report and "clip score histogram" in report
     with Image.open(sheet) as image:
         assert image.size[0] > 0 and image.mode == "RGB"

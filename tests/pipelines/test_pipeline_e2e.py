@@ -119,6 +119,8 @@ def make_config(
     min_score: float | None = None,
     max_score: float | None = None,
     caption_image: str = "source",
+    samples_per_input: int = 1,
+    keep_best: int | None = None,
 ) -> PipelineConfig:
     checkpoint, clip = models
     return PipelineConfig.model_validate(
@@ -131,8 +133,15 @@ def make_config(
                 "steps": 2,
                 "caption_beams": 2,
                 "caption_max_tokens": 10,
+                "samples_per_input": samples_per_input,
             },  # fmt: skip
-            "clip": {"enabled": True, "model": clip, "min_score": min_score, "max_score": max_score},
+            "clip": {
+                "enabled": True,
+                "model": clip,
+                "min_score": min_score,
+                "max_score": max_score,
+                "keep_best": keep_best,
+            },
             "output": {
                 "uri": output,
                 "formats": formats or ALL_FORMATS,
@@ -254,7 +263,7 @@ def verify_output(
                     assert np.isclose(np.linalg.norm(row[column]), 1.0, atol=1e-4)
         members = verify_tar(files[f"shards/{name}.tar"], rows, tmp_path / f"{name}.tar", sources)
         stats = json.loads(files[f"shards/{name}_stats.json"])
-        assert (stats["count"], stats["successes"]) == (marker["inputs"], marker["written"])
+        assert (stats["count"], stats["successes"]) == (marker["records"], marker["written"])
         assert (stats["failed_to_process"], stats["rejected"]) == (marker["errored"], marker["rejected"])
         verify_embeddings(files, name, rows, members)
         unit_rejected = _rows(files, f"rejected/{name}.parquet")
@@ -270,7 +279,7 @@ def verify_output(
             len(unit_rejected),
             len(unit_errors),
         )
-        assert marker["inputs"] == len(rows) + len(unit_rejected) + len(unit_errors)
+        assert marker["records"] == len(rows) + len(unit_rejected) + len(unit_errors)
         for target, unit_rows in ((written, rows), (rejected, unit_rejected), (errors, unit_errors)):
             for row in unit_rows:
                 all_keys.append(row["key"])
@@ -280,8 +289,8 @@ def verify_output(
     duplicates = {k: n for k, n in Counter(all_keys).items() if n > 1}
     assert not duplicates, f"keys written more than once: {duplicates}"
     assert set(all_keys) == expected_keys
-    assert summary["inputs"] == len(expected_keys)
-    assert summary["inputs"] == summary["written"] + summary["rejected"] + summary["errored"]
+    assert summary["records"] == len(expected_keys) == summary["inputs"] * summary["samples_per_input"]
+    assert summary["records"] == summary["written"] + summary["rejected"] + summary["errored"]
     assert (summary["written"], summary["rejected"], summary["errored"]) == (
         len(written),
         len(rejected),
@@ -297,7 +306,7 @@ def _rows(files: dict[str, bytes], name: str) -> list[dict]:
 
 
 def _source(sources: dict[str, bytes] | None, row: dict) -> bytes | None:
-    return None if sources is None else sources[row["key"]]
+    return None if sources is None else sources[row["input_key"]]
 
 
 def verify_tar(
@@ -650,7 +659,7 @@ def test_output_of_another_plan_is_redone_not_trusted(
     ends accounted for exactly once."""
     root = tmp_path / "out"
     shutil.copytree(base_run.out_uri, root)
-    assert [m["inputs"] for m in base_run.out.markers.values()][:2] == [3, 3]
+    assert [m["records"] for m in base_run.out.markers.values()][:2] == [3, 3]
     config = make_config(models, mode="t2i", input=base_run.input, output=str(root), shard_size=2)
     report = run(config)  # a shard size of 2 is another configuration: no old unit is trusted
     assert (report.units_skipped, report.units_run) == (0, report.units_total)
@@ -670,6 +679,39 @@ def test_output_of_another_plan_is_redone_not_trusted(
     assert out.summary["units"] == back.units_total
     for name in ("inputs", "written", "rejected", "errored", "error_reasons", "rejected_reasons"):
         assert out.summary[name] == base_run.out.summary[name]
+
+
+def test_best_of_n_keeps_the_best_scoring_sample_of_each_prompt(
+    base_run: BaseRun, models: tuple[str, str], tmp_path: Path
+) -> None:
+    """Three samples per prompt, each its own record with its own key and seed; keep_best=1 keeps the
+    highest-scoring one and rejects the others with their score; a bad prompt errors all its samples."""
+    out_uri = str(tmp_path / "best")
+    config = make_config(
+        models, mode="t2i", input=base_run.input, output=out_uri, samples_per_input=3, keep_best=1
+    )
+    report = run(config)
+    keys = {f"{k}_{i}" for k in base_run.keys for i in range(3)}
+    out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp_path)
+    assert (out.summary["inputs"], out.summary["samples_per_input"], out.summary["records"]) == (7, 3, 21)
+    assert report.units_total == base_run.out.summary["units"]  # shard_size counts inputs
+    assert_errors(out, {f"{k}_{i}": reason for k, reason in base_run.errors.items() for i in range(3)})
+    good = base_run.keys - set(base_run.errors)
+    assert {row["input_key"] for row in out.written.values()} == good
+    assert len(out.written) == len(good) and len(out.rejected) == 2 * len(good)
+    assert set(out.summary["rejected_reasons"]) == {"clip_score not among the best 1 samples of its input"}
+    for input_key in good:
+        drawn = {row["sample"]: row for row in [*out.written.values(), *out.rejected.values()]
+                 if row["input_key"] == input_key}  # fmt: skip
+        assert sorted(drawn) == [0, 1, 2]
+        assert all(row["key"] == f"{input_key}_{s}" for s, row in drawn.items())
+        assert len({row["seed"] for row in drawn.values()}) == 3
+        assert len({row["image"] for row in drawn.values()}) == 3, "each sample is its own draw"
+        kept = out.written[next(k for k in out.written if out.written[k]["input_key"] == input_key)]
+        assert kept["clip_score"] == max(row["clip_score"] for row in drawn.values())
+        assert kept["prompt"] == base_run.out.written[input_key]["prompt"]
+    # a resume of the finished job does nothing: markers count samples, the plan counts inputs
+    assert not run(config).did_model_work
 
 
 def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, str], tmp_path: Path) -> None:

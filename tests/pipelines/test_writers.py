@@ -23,7 +23,7 @@ from pipelines.stages.pixels import to_bytes
 from pipelines.stages.write import write_batch
 from pipelines.writers import commit, unit_writer
 from pipelines.writers.encode import encode_image, image_format, source_image
-from pipelines.writers.summary import AccountingError, redact, write_summary
+from pipelines.writers.summary import AccountingError, outcome_line, redact, write_summary
 from pipelines.writers.unit_writer import OutputSpec, retire_unit, write_unit
 
 ALL_FORMATS = ("parquet", "webdataset", "embeddings")
@@ -44,6 +44,8 @@ def unit_frame(unit: int, statuses: list[str], *, with_images: bool = True, seed
         rows.append(
             {
                 r.KEY: f"job.{unit}/rec.{i:03d}",  # dots and slashes: webdataset names must be made safe
+                r.INPUT_KEY: f"job.{unit}/rec.{i:03d}",
+                r.SAMPLE: 0,
                 r.SOURCE: "file:///in/prompts.txt",
                 r.UNIT: unit,
                 r.MODE: "t2i" if with_images else "i2t",
@@ -160,7 +162,7 @@ def test_i2t_rows_are_written_with_the_chosen_image(tmp_path: Path, caption_imag
 def test_write_unit_all_formats(tmp_path: Path) -> None:
     frame = unit_frame(7, ["ok", "rejected", "ok", "error", "ok"])
     marker = write_unit(frame, output=OutputSpec(str(tmp_path), formats=ALL_FORMATS, image_format="png"))
-    assert (marker["inputs"], marker["written"], marker["rejected"], marker["errored"]) == (5, 3, 1, 1)
+    assert (marker["records"], marker["written"], marker["rejected"], marker["errored"]) == (5, 3, 1, 1)
     assert marker["reasons"] == {"clip_score below 0.2": 1, "generate: out of memory": 1}
     assert marker["rejected_reasons"] == {"clip_score below 0.2": 1}
     assert marker["error_reasons"] == {"generate: out of memory": 1}
@@ -169,8 +171,8 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
     # parquet shard
     table = pq.read_table(tmp_path / "shards" / "00007.parquet")
     assert table.column_names == [
-        "key", "source", "mode", "prompt", "text", "caption", "image", "image_format", "width", "height",
-        "clip_score", "seed", "model_id", "params", "img_emb", "text_emb",
+        "key", "input_key", "sample", "source", "mode", "prompt", "text", "caption", "image", "image_format",
+        "width", "height", "clip_score", "seed", "model_id", "params", "img_emb", "text_emb",
     ]  # fmt: skip
     shard = table.to_pylist()
     assert [row["key"] for row in shard] == list(ok[r.KEY])
@@ -192,7 +194,7 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
         assert set(sample) >= {"__key__", "png", "txt", "json"}
         assert "." not in sample["__key__"].rsplit("/", 1)[-1]
         meta = json.loads(sample["json"])
-        assert meta["key"] == expected[r.KEY]
+        assert meta["key"] == meta["input_key"] == expected[r.KEY] and meta["sample"] == 0
         assert meta["seed"] == expected[r.SEED] and meta["prompt"] == expected[r.PROMPT]
         assert meta["params"] == {"steps": 2, "cfg": 7.5} and meta["mode"] == "t2i"
         assert meta["clip_score"] == pytest.approx(expected[r.CLIP_SCORE])
@@ -312,7 +314,7 @@ def test_committed_units_lists_markers(tmp_path: Path) -> None:
     (tmp_path / "_units" / "notes.txt").write_text("ignored")
     found = commit.committed_units(f"file://{tmp_path}")
     assert sorted(found) == [0, 2, 11]
-    assert found[11]["inputs"] == 2 and found[11]["rejected"] == 1
+    assert found[11]["records"] == 2 and found[11]["rejected"] == 1
 
 
 def test_rewrite_is_idempotent_and_removes_stale_files(tmp_path: Path) -> None:
@@ -417,6 +419,19 @@ def test_summary_raises_when_records_are_unaccounted(tmp_path: Path) -> None:
     assert not (tmp_path / "_summary.json").exists()
 
 
+def test_summary_counts_every_sample_of_every_input(tmp_path: Path) -> None:
+    write_unit(unit_frame(0, ["ok", "rejected", "ok", "error"]), output=OutputSpec(str(tmp_path)))
+    summary = write_summary(
+        str(tmp_path), inputs=2, samples_per_input=2, config={}, wall_time_s=2.0, versions={}
+    )
+    assert (summary["inputs"], summary["samples_per_input"], summary["records"]) == (2, 2, 4)
+    assert (summary["written"], summary["rejected"], summary["errored"]) == (2, 1, 1)
+    assert summary["records_per_s"] == 2.0
+    assert outcome_line(summary) == "2 inputs x 2 samples = 4 records -> 2 written, 1 rejected, 1 errored"
+    with pytest.raises(AccountingError, match=r"6 records \(2 inputs x 3 samples\) but 2 written"):
+        write_summary(str(tmp_path), inputs=2, samples_per_input=3, config={}, wall_time_s=1.0, versions={})
+
+
 def test_redact_keeps_non_secrets() -> None:
     assert redact(
         {"unit_size": 3, "items": [1, "http://a@b/c"], "apiKey": "x", "caption_max_tokens": 67}
@@ -475,12 +490,12 @@ def test_units_flow_through_ray_into_the_writer(tmp_path: Path) -> None:
 
     def write(batch: pd.DataFrame) -> pd.DataFrame:
         marker = write_unit(batch, output=spec)
-        return pd.DataFrame([{k: marker[k] for k in ("unit", "inputs", "written", "rejected")}])
+        return pd.DataFrame([{k: marker[k] for k in ("unit", "records", "written", "rejected")}])
 
     ds = read_count(11, unit_size=4)
     ds = ds.map_batches(generate, batch_size=None, batch_format="pandas")
     results = ds.map_batches(write, batch_size=None, batch_format="pandas").take_all()
-    assert sorted((row["unit"], row["inputs"]) for row in results) == [(0, 4), (1, 4), (2, 3)]
+    assert sorted((row["unit"], row["records"]) for row in results) == [(0, 4), (1, 4), (2, 3)]
     summary = write_summary(str(tmp_path), inputs=11, config={}, wall_time_s=1.0, versions={})
     assert (summary["written"], summary["rejected"]) == (10, 1)
     assert len(list(wds.WebDataset(str(tmp_path / "shards" / "00000.tar"), shardshuffle=False))) == 3

@@ -1,0 +1,119 @@
+"""Several samples per input: preprocess draws them (keys, seeds), the filter keeps the best, the config
+refuses combinations that cannot mean anything."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from pipelines import records as r
+from pipelines.config import PipelineConfig
+from pipelines.stages.filter import filter_batch
+from pipelines.stages.preprocess import draw_samples, preprocess_batch
+from unidiffuser import derive_seed
+
+
+def prompt_rows(prompts: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            r.KEY: list(prompts),
+            r.SOURCE: "file:///in/prompts.txt",
+            r.UNIT: 0,
+            r.PROMPT: list(prompts.values()),
+            r.IMAGE_BYTES: None,
+            r.READ_ERROR: None,
+        }
+    )
+
+
+def test_preprocess_draws_samples_with_own_keys_and_seeds() -> None:
+    batch = prompt_rows({"a": "a red circle", "b": "  ", "a_1": "a blue square"})
+    out = preprocess_batch(batch, job_seed=7, input_kind="prompts", resolution=64, max_image_pixels=10**6,
+                           samples_per_input=2)  # fmt: skip
+    assert out[r.KEY].tolist() == ["a_0", "a_1", "b_0", "b_1", "a_1_0", "a_1_1"]
+    assert out[r.INPUT_KEY].tolist() == ["a", "a", "b", "b", "a_1", "a_1"]
+    assert out[r.SAMPLE].tolist() == [0, 1] * 3
+    assert out[r.SEED].tolist() == [derive_seed(7, k) for k in out[r.KEY]]
+    assert out[r.STATUS].tolist() == ["ok", "ok", "error", "error", "ok", "ok"]
+    assert out[r.REASON].tolist()[2:4] == ["input: empty prompt"] * 2
+    assert out[r.PROMPT].tolist() == ["a red circle"] * 2 + ["  "] * 2 + ["a blue square"] * 2
+
+
+def test_one_sample_keeps_the_input_key_and_seed() -> None:
+    batch = prompt_rows({"x": "a green triangle", "y": "a cyan diamond"})
+    out = preprocess_batch(batch, job_seed=3, input_kind="prompts", resolution=64, max_image_pixels=10**6)
+    assert out[r.KEY].tolist() == out[r.INPUT_KEY].tolist() == ["x", "y"]
+    assert out[r.SAMPLE].tolist() == [0, 0]
+    assert out[r.SEED].tolist() == [derive_seed(3, "x"), derive_seed(3, "y")]
+
+
+def test_sample_keys_never_collide() -> None:
+    keys = ["x", "x_1", "x_1_0", "x_10", "x1", "_", "x_"]
+    out = draw_samples(pd.DataFrame({r.KEY: keys}), 12)
+    assert out[r.KEY].is_unique and len(out) == 12 * len(keys)
+
+
+def scored_rows(rows: list[tuple[str, int, str, float | None]]) -> pd.DataFrame:
+    """(input_key, sample, status, clip_score) per row."""
+    return pd.DataFrame(
+        {
+            r.INPUT_KEY: [row[0] for row in rows],
+            r.SAMPLE: [row[1] for row in rows],
+            r.STATUS: [row[2] for row in rows],
+            r.REASON: [None if row[2] == "ok" else "generate: failed" for row in rows],
+            r.CLIP_SCORE: [row[3] for row in rows],
+        }
+    )
+
+
+def test_keep_best_ranks_within_each_input_after_the_bounds() -> None:
+    batch = scored_rows([
+        ("a", 0, "ok", 0.30), ("a", 1, "ok", 0.50), ("a", 2, "ok", 0.40), ("a", 3, "ok", 0.90),
+        ("b", 0, "ok", 0.20), ("b", 1, "error", None), ("b", 2, "ok", 0.20),
+        ("c", 0, "error", None), ("c", 1, "error", None),
+    ])  # fmt: skip
+    out = filter_batch(batch, min_score=None, max_score=0.8, keep_best=2)
+    best = "clip_score not among the best 2 samples of its input"
+    assert out[r.STATUS].tolist() == [
+        "rejected", "ok", "ok", "rejected",  # a3 is over the bound; of the rest, 0.50 and 0.40 stay
+        "ok", "error", "ok",  # b has two scored samples: both kept
+        "error", "error",
+    ]  # fmt: skip
+    reasons = [None if r.missing(reason) else reason for reason in out[r.REASON]]
+    assert reasons[:4] == [best, None, None, "clip_score above 0.8"]
+    tie = filter_batch(batch.iloc[4:7], min_score=None, max_score=None, keep_best=1)
+    assert tie[r.STATUS].tolist() == ["ok", "error", "rejected"]  # equal scores: the lower sample stays
+
+
+def job(**model_and_clip) -> dict:
+    spec = {
+        "input": {"kind": "prompts", "uri": "prompts.txt"},
+        "model": {"checkpoint": "ckpt"},
+        "clip": {"enabled": True, "model": "clip"},
+        "output": {"uri": "out"},
+    }
+    for section, values in model_and_clip.items():
+        spec[section] |= values
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model": {"samples_per_input": 4}, "clip": {"keep_best": 4}}, "must be below model.samples_per_input"),
+        ({"model": {"samples_per_input": 4}, "clip": {"enabled": False, "keep_best": 1}}, "needs clip.enabled"),
+        ({"model": {"mode": "joint", "samples_per_input": 2}, "input": {"kind": "count", "count": 3, "uri": None}},
+         "raise input.count instead"),
+        ({"model": {"samples_per_input": 0}}, "greater than or equal to 1"),
+    ],
+)  # fmt: skip
+def test_sample_settings_that_mean_nothing_are_refused(overrides: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        PipelineConfig.model_validate(job(**overrides))
+
+
+def test_samples_change_the_output_fingerprint() -> None:
+    one = PipelineConfig.model_validate(job())
+    four = PipelineConfig.model_validate(job(model={"samples_per_input": 4}, clip={"keep_best": 1}))
+    assert one.output_fingerprint() != four.output_fingerprint()
