@@ -63,6 +63,11 @@ class InputSpec(_Strict):
     uri: str | None = Field(None, description="file, folder or glob; local, file://, s3://, gs://, ...")
     field: str | None = Field(None, description="column / JSON field holding the prompt (or image bytes)")
     count: int | None = Field(None, ge=1, description="number of records for kind=count")
+    keep_fields: list[str] = Field(
+        default_factory=list,
+        description="prompts: fields (JSON/JSONL) or columns (CSV/TSV/parquet) of each input record carried "
+        "to its outputs as the `metadata` JSON column (a missing one is null)",
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> InputSpec:
@@ -70,6 +75,8 @@ class InputSpec(_Strict):
             raise ValueError("input.count is required when input.kind is 'count'")
         if self.kind != "count" and not self.uri:
             raise ValueError(f"input.uri is required when input.kind is '{self.kind}'")
+        if self.keep_fields and self.kind != "prompts":
+            raise ValueError("input.keep_fields applies to input.kind 'prompts' only")
         return self
 
 

@@ -20,6 +20,7 @@ UNIT = "unit"  # int: output shard index this record belongs to
 PROMPT = "prompt"  # input text (t2i, t2i2t), or None
 IMAGE_BYTES = "image_bytes"  # encoded input image (i2t, i2t2i), or None
 READ_ERROR = "read_error"  # reason the reader could not produce the input, or None
+METADATA = "metadata"  # JSON object of the input record's fields named in input.keep_fields, or None
 
 # --- written by preprocess ----------------------------------------------------------------------------------
 # With ``model.samples_per_input`` > 1 preprocess turns each input into that many records ("samples"): each
@@ -72,5 +73,6 @@ READER_SCHEMA = pa.schema(
         pa.field(PROMPT, pa.string()),
         pa.field(IMAGE_BYTES, pa.binary()),
         pa.field(READ_ERROR, pa.string()),
+        pa.field(METADATA, pa.string()),
     ]
 )

@@ -16,6 +16,9 @@ else one named ``text`` (for JSON this is decided per object). A record whose fi
 a string gets ``prompt=None`` and a ``read_error`` saying why; it is never dropped. Any other file in a
 folder is one error record ("unsupported prompt file"), and so is a file that cannot be parsed at all.
 
+``keep_fields`` (``input.keep_fields``) names fields (JSON, JSONL) or columns (CSV, TSV, parquet) that each
+record carries to its outputs as the ``metadata`` JSON column; a field a record lacks is null there.
+
 Keys are ``{name}-{index:09d}`` where ``index`` is the 0-based line (txt, jsonl), element (json) or row
 (csv, tsv, parquet) index in the file and ``name`` is the file's stem, or (only when two input files share
 a stem) its relative path without extension, or its relative path (see ``units.unique_names``).
@@ -26,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -73,7 +76,12 @@ def read_prompts(
 
 
 def plan_prompts(
-    uri: str, *, field: str | None = None, unit_size: int, storage_options: Mapping | None = None
+    uri: str,
+    *,
+    field: str | None = None,
+    unit_size: int,
+    storage_options: Mapping | None = None,
+    keep_fields: Sequence[str] = (),
 ) -> PlannedInput:
     """List and count the prompt files under ``uri`` (counting runs in parallel Ray tasks) and plan units."""
     fs, path = storage.open_filesystem(uri, storage_options)
@@ -92,7 +100,8 @@ def plan_prompts(
     options = dict(storage_options or {})
     count = functools.partial(_count, storage_options=options, field=field, stride=unit_size)
     sources = map_in_tasks(count, protos)
-    return PlannedInput(plan_units(sources, unit_size), PromptReader(field=field, storage_options=options))
+    reader = PromptReader(field=field, storage_options=options, keep_fields=tuple(keep_fields))
+    return PlannedInput(plan_units(sources, unit_size), reader)
 
 
 # --- counting ------------------------------------------------------------------------------------------------
@@ -112,7 +121,7 @@ def _count(source: Source, *, storage_options: dict, field: str | None, stride: 
         if source.kind == "parquet":
             with fs.open(source.path, "rb") as f:
                 return replace(source, num_records=pq.ParquetFile(f).metadata.num_rows)
-        return replace(source, num_records=len(_load_whole(fs, source, field)))
+        return replace(source, num_records=len(_load_whole(fs, source, field, ())[0]))
     except Exception as exc:
         return replace(
             source, kind="broken", num_records=1, error=f"cannot read {source.uri}: {_describe(exc)}"
@@ -151,27 +160,40 @@ class PromptReader:
     field: str | None
     storage_options: dict
 
+    keep_fields: tuple[str, ...] = ()
+
     def __call__(self, source: Source, start: int, stop: int) -> pa.Table:
         keys = [f"{source.name}-{i:09d}" for i in range(start, stop)]
         if source.error is not None:
             return slice_table(keys, source.uri, errors=source.error)
         fs, _ = storage.open_filesystem(source.uri, self.storage_options)
-        if source.kind in _LINE_KINDS:
+        if source.kind == "txt":
             lines = _read_lines(fs, source, start, stop)
-            parse = (
-                _line_prompt if source.kind == "txt" else functools.partial(_jsonl_prompt, field=self.field)
-            )
-            results = [parse(line, first=(start + i == 0)) for i, line in enumerate(lines)]
+            results = [_line_prompt(line, first=(start + i == 0)) for i, line in enumerate(lines)]
+            fields: list[Mapping | None] = [None] * len(results)
+        elif source.kind == "jsonl":
+            lines = _read_lines(fs, source, start, stop)
+            parsed = [_jsonl_object(line, first=(start + i == 0)) for i, line in enumerate(lines)]
+            results = [(None, error) if error else _object_prompt(obj, self.field) for obj, error in parsed]
+            fields = [obj if isinstance(obj, dict) else None for obj, _ in parsed]
         elif source.kind == "parquet":
-            results = _parquet_prompts(fs, source, start, stop, self.field)
+            results, fields = _parquet_prompts(fs, source, start, stop, self.field, self.keep_fields)
         else:
-            results = _load_whole(fs, source, self.field)[start:stop]
+            results, fields = _load_whole(fs, source, self.field, self.keep_fields)
+            results, fields = results[start:stop], fields[start:stop]
         prompts = [p for p, _ in results]
         errors = [e for _, e in results]
-        return slice_table(keys, source.uri, prompts=prompts, errors=errors)
+        metadata = [kept_fields(f, self.keep_fields) for f in fields] if self.keep_fields else None
+        return slice_table(keys, source.uri, prompts=prompts, errors=errors, metadata=metadata)
 
 
 Result = tuple[str | None, str | None]  # (prompt, read_error)
+
+
+def kept_fields(fields: Mapping | None, keep: Sequence[str]) -> str:
+    """The ``keep`` fields of one input record as a JSON object (a field it lacks is null)."""
+    fields = fields or {}
+    return json.dumps({name: fields.get(name) for name in keep}, ensure_ascii=False, default=str)
 
 
 def _read_lines(fs: Any, source: Source, start: int, stop: int) -> list[bytes]:
@@ -205,7 +227,8 @@ def _line_prompt(raw: bytes, *, first: bool) -> Result:
         return None, f"line is not valid UTF-8: {exc.reason} at byte {exc.start}"
 
 
-def _jsonl_prompt(raw: bytes, *, first: bool, field: str | None) -> Result:
+def _jsonl_object(raw: bytes, *, first: bool) -> tuple[Any, str | None]:
+    """(parsed value, None) or (None, read_error) for one JSONL line."""
     try:
         text = _decode_line(raw, first=first)
     except UnicodeDecodeError as exc:
@@ -213,10 +236,9 @@ def _jsonl_prompt(raw: bytes, *, first: bool, field: str | None) -> Result:
     if not text.strip():
         return None, "empty line (expected a JSON object)"
     try:
-        obj = json.loads(text)
+        return json.loads(text), None
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-    return _object_prompt(obj, field)
 
 
 def _object_prompt(obj: Any, field: str | None) -> Result:
@@ -259,13 +281,16 @@ def _column_results(column: pa.ChunkedArray | None, n: int, name: str, all_names
     ]
 
 
-def _load_whole(fs: Any, source: Source, field: str | None) -> list[Result]:
-    """Parse a whole ``.json``/``.csv``/``.tsv`` file into (prompt, error) per record."""
+def _load_whole(
+    fs: Any, source: Source, field: str | None, keep: Sequence[str]
+) -> tuple[list[Result], list[Mapping | None]]:
+    """Parse a whole ``.json``/``.csv``/``.tsv`` file into (prompt, error) and the fields, per record."""
     if source.kind == "json":
         data = json.loads(storage.read_bytes(fs, source.path).decode("utf-8-sig"))
         if not isinstance(data, list):
             raise ValueError(f"expected a JSON array of objects, got {type(data).__name__}")
-        return [_object_prompt(obj, field) for obj in data]
+        fields = [obj if isinstance(obj, dict) else None for obj in data]
+        return [_object_prompt(obj, field) for obj in data], fields
     if source.kind in ("csv", "tsv"):
         candidates = (field,) if field is not None else DEFAULT_FIELDS
         with fs.open(source.path, "rb") as f:
@@ -276,23 +301,34 @@ def _load_whole(fs: Any, source: Source, field: str | None) -> list[Result]:
                 ),
                 convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(candidates, pa.string())),
             )
-        names = table.column_names
-        column = _pick_column(names, field)
-        if column is None:
-            return _column_results(None, table.num_rows, _wanted(field), names)
-        return _column_results(table.column(column), table.num_rows, repr(column), names)
+        return _table_results(table, field, keep)
     raise ValueError(f"not a whole-file prompt format: {source.kind}")
 
 
-def _parquet_prompts(fs: Any, source: Source, start: int, stop: int, field: str | None) -> list[Result]:
+def _parquet_prompts(
+    fs: Any, source: Source, start: int, stop: int, field: str | None, keep: Sequence[str]
+) -> tuple[list[Result], list[Mapping | None]]:
     with fs.open(source.path, "rb") as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
-        column = _pick_column(names, field)
-        if column is None:
-            return _column_results(None, stop - start, _wanted(field), names)
-        table = read_parquet_slice(pf, [column], start, stop)
-    return _column_results(table.column(column), stop - start, repr(column), names)
+        wanted = [c for c in dict.fromkeys([_pick_column(names, field), *keep]) if c in names]
+        table = read_parquet_slice(pf, wanted, start, stop)
+    return _table_results(table, field, keep, all_names=names)
+
+
+def _table_results(
+    table: pa.Table, field: str | None, keep: Sequence[str], all_names: list[str] | None = None
+) -> tuple[list[Result], list[Mapping | None]]:
+    """(prompt, error) and the kept fields per row of a CSV/TSV/parquet table."""
+    names = all_names if all_names is not None else table.column_names
+    column = _pick_column(table.column_names, field)
+    if column is None:
+        results = _column_results(None, table.num_rows, _wanted(field), names)
+    else:
+        results = _column_results(table.column(column), table.num_rows, repr(column), names)
+    present = [c for c in keep if c in table.column_names]
+    fields = table.select(present).to_pylist() if present else [None] * table.num_rows
+    return results, fields
 
 
 def _describe(exc: BaseException) -> str:

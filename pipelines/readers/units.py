@@ -240,6 +240,7 @@ def slice_table(
     prompts: Sequence[str | None] | None = None,
     images: Sequence[bytes | None] | None = None,
     errors: Sequence[str | None] | str | None = None,
+    metadata: Sequence[str | None] | None = None,
 ) -> pa.Table:
     """Build a ``SLICE_SCHEMA`` table; a plain string for ``errors`` applies to every row."""
     n = len(keys)
@@ -251,6 +252,7 @@ def slice_table(
         records.PROMPT: pa.array(prompts if prompts is not None else [None] * n, pa.string()),
         records.IMAGE_BYTES: pa.array(images if images is not None else [None] * n, pa.binary()),
         records.READ_ERROR: pa.array(errors if errors is not None else [None] * n, pa.string()),
+        records.METADATA: pa.array(metadata if metadata is not None else [None] * n, pa.string()),
     }
     return pa.table(columns, schema=SLICE_SCHEMA)
 

@@ -34,6 +34,7 @@ SHARD_SCHEMA = pa.schema(
         pa.field(r.SEED, pa.int64()),
         pa.field(r.MODEL_ID, pa.string()),
         pa.field(r.PARAMS, pa.string()),
+        pa.field(r.METADATA, pa.string()),
         pa.field(r.IMAGE_EMBEDDING, _EMBEDDING),
         pa.field(r.TEXT_EMBEDDING, _EMBEDDING),
     ]
@@ -51,12 +52,14 @@ REJECTED_SCHEMA = pa.schema(
     [
         *_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT, r.TEXT, r.CAPTION, r.CLIP_SCORE),
         _REASON,
-        *_columns(r.IMAGE, r.IMAGE_FORMAT, r.SEED),
+        *_columns(r.IMAGE, r.IMAGE_FORMAT, r.SEED, r.METADATA),
     ]
 )
 """Records the filter rejected, with their image so a user can look at what was thrown away."""
 
-ERRORS_SCHEMA = pa.schema([*_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT), _REASON])
+ERRORS_SCHEMA = pa.schema(
+    [*_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT), _REASON, *_columns(r.METADATA)]
+)
 """Records some stage could not process, with the reason."""
 
 

@@ -33,6 +33,7 @@ METADATA_FIELDS = (
     r.IMAGE_FORMAT,
     r.MODEL_ID,
     r.PARAMS,
+    r.METADATA,
 )
 
 
@@ -52,12 +53,12 @@ def member_names(keys: Sequence[str]) -> list[str]:
 
 
 def sample_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``.json`` member of a sample; ``params`` is embedded as an object when it is JSON."""
+    """The ``.json`` member of a sample; ``params`` and ``metadata`` are embedded as objects when JSON."""
     meta = {name: row.get(name) for name in METADATA_FIELDS}
-    params = meta.get(r.PARAMS)
-    if isinstance(params, str):
-        with contextlib.suppress(json.JSONDecodeError):
-            meta[r.PARAMS] = json.loads(params)
+    for name in (r.PARAMS, r.METADATA):
+        if isinstance(meta.get(name), str):
+            with contextlib.suppress(json.JSONDecodeError):
+                meta[name] = json.loads(meta[name])
     meta["status"] = "success"
     return meta
 

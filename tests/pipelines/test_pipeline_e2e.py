@@ -714,6 +714,20 @@ def test_best_of_n_keeps_the_best_scoring_sample_of_each_prompt(
     assert not run(config).did_model_work
 
 
+def test_kept_input_fields_reach_every_output(models: tuple[str, str], tmp_path: Path) -> None:
+    place = Place(str(tmp_path), {}, {})
+    input_spec, keys, expected_errors = put_jsonl(place)
+    out_uri = str(tmp_path / "out")
+    run(make_config(models, mode="t2i", input=input_spec | {"keep_fields": ["id"]}, output=out_uri))
+    out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp_path)
+    assert_errors(out, expected_errors)
+    ids = {key: json.loads(row["metadata"])["id"] for key, row in (out.written | out.errors).items()}
+    assert ids == {key: 3 if key == "prompts-000000003" else None for key in keys}
+    with tarfile.open(fileobj=io.BytesIO(out.files["shards/00001.tar"])) as tar:
+        meta = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert {m["key"]: m["metadata"] for m in meta} == {"prompts-000000003": {"id": 3}}
+
+
 def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, str], tmp_path: Path) -> None:
     samples = [
         {"__key__": f"m{i}", "png": image_bytes((64, 64), (i * 50, 90, 30))}

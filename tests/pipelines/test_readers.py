@@ -187,6 +187,40 @@ def test_parquet_prompts_row_groups_sliced_across_units(tmp_path: Path) -> None:
     assert "not a string" in rows["ints-000000000"]["read_error"]
 
 
+def test_kept_fields_travel_as_metadata_in_every_prompt_format(tmp_path: Path) -> None:
+    lines = [
+        {"prompt": "a", "id": 1, "url": "u1"},
+        {"prompt": "b", "id": 2},
+        "not json",
+        {"text": "c", "id": 3},
+    ]
+    (tmp_path / "l.jsonl").write_text(
+        "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n"
+    )
+    (tmp_path / "j.json").write_text(json.dumps([{"prompt": "d", "id": 4, "url": "u4"}, 5]))
+    (tmp_path / "c.csv").write_text("id,prompt,url\n6,e,u6\n7,,\n")
+    pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(9)], "id": list(range(9))}),
+                   tmp_path / "p.parquet", row_group_size=2)  # fmt: skip
+    (tmp_path / "t.txt").write_text("plain\n")
+    planned = plan_prompts(str(tmp_path), unit_size=4, keep_fields=["id", "url"])
+    rows = rows_by_key(planned.to_dataset())
+    meta = {key: json.loads(row["metadata"]) for key, row in rows.items()}
+    assert [meta[f"l-{i:09d}"] for i in range(4)] == [
+        {"id": 1, "url": "u1"}, {"id": 2, "url": None}, {"id": None, "url": None}, {"id": 3, "url": None},
+    ]  # fmt: skip
+    assert rows["l-000000002"]["read_error"].startswith("invalid JSON")  # still an error, with null fields
+    assert [meta[f"j-{i:09d}"] for i in range(2)] == [{"id": 4, "url": "u4"}, {"id": None, "url": None}]
+    assert [meta[f"c-{i:09d}"] for i in range(2)] == [
+        {"id": 6, "url": "u6"},
+        {"id": 7, "url": ""},
+    ]  # CSV: empty
+    assert [meta[f"p-{i:09d}"] for i in range(9)] == [{"id": i, "url": None} for i in range(9)]
+    assert [rows[f"p-{i:09d}"]["prompt"] for i in range(9)] == [f"q{i}" for i in range(9)]
+    assert meta["t-000000000"] == {"id": None, "url": None}
+    plain = rows_by_key(plan_prompts(str(tmp_path / "l.jsonl"), unit_size=4).to_dataset())
+    assert all(row["metadata"] is None for row in plain.values())  # nothing kept unless asked
+
+
 def test_folder_glob_unsupported_and_duplicate_stems(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.txt").write_text("top\n")

@@ -46,6 +46,7 @@ def unit_frame(unit: int, statuses: list[str], *, with_images: bool = True, seed
                 r.KEY: f"job.{unit}/rec.{i:03d}",  # dots and slashes: webdataset names must be made safe
                 r.INPUT_KEY: f"job.{unit}/rec.{i:03d}",
                 r.SAMPLE: 0,
+                r.METADATA: json.dumps({"id": i, "url": None}),
                 r.SOURCE: "file:///in/prompts.txt",
                 r.UNIT: unit,
                 r.MODE: "t2i" if with_images else "i2t",
@@ -172,7 +173,7 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "shards" / "00007.parquet")
     assert table.column_names == [
         "key", "input_key", "sample", "source", "mode", "prompt", "text", "caption", "image", "image_format",
-        "width", "height", "clip_score", "seed", "model_id", "params", "img_emb", "text_emb",
+        "width", "height", "clip_score", "seed", "model_id", "params", "metadata", "img_emb", "text_emb",
     ]  # fmt: skip
     shard = table.to_pylist()
     assert [row["key"] for row in shard] == list(ok[r.KEY])
@@ -183,6 +184,7 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
         assert (row["width"], row["height"]) == (24, expected[r.OUT_PIXELS].shape[0])
         assert row["seed"] == expected[r.SEED] and row["clip_score"] == pytest.approx(expected[r.CLIP_SCORE])
         assert json.loads(row["params"]) == {"steps": 2, "cfg": 7.5}
+        assert row["metadata"] == expected[r.METADATA]
         assert np.allclose(row["img_emb"], expected[r.IMAGE_EMBEDDING])
         assert np.allclose(row["text_emb"], expected[r.TEXT_EMBEDDING])
 
@@ -195,6 +197,7 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
         assert "." not in sample["__key__"].rsplit("/", 1)[-1]
         meta = json.loads(sample["json"])
         assert meta["key"] == meta["input_key"] == expected[r.KEY] and meta["sample"] == 0
+        assert meta["metadata"] == json.loads(expected[r.METADATA])  # embedded as an object
         assert meta["seed"] == expected[r.SEED] and meta["prompt"] == expected[r.PROMPT]
         assert meta["params"] == {"steps": 2, "cfg": 7.5} and meta["mode"] == "t2i"
         assert meta["clip_score"] == pytest.approx(expected[r.CLIP_SCORE])
