@@ -159,7 +159,6 @@ class PromptReader:
 
     field: str | None
     storage_options: dict
-
     keep_fields: tuple[str, ...] = ()
 
     def __call__(self, source: Source, start: int, stop: int) -> pa.Table:
