@@ -65,8 +65,9 @@ class InputSpec(_Strict):
     count: int | None = Field(None, ge=1, description="number of records for kind=count")
     keep_fields: list[str] = Field(
         default_factory=list,
-        description="prompts: fields (JSON/JSONL) or columns (CSV/TSV/parquet) of each input record carried "
-        "to its outputs as the `metadata` JSON column (a missing one is null)",
+        description="fields of each input record carried to its outputs as the `metadata` JSON column (a "
+        "missing one is null): prompts: JSON/JSONL fields or CSV/TSV/parquet columns; images: fields of the "
+        "tar sample's `.json` or the image file's `.json` beside it, or parquet columns",
     )
 
     @model_validator(mode="after")
@@ -75,8 +76,8 @@ class InputSpec(_Strict):
             raise ValueError("input.count is required when input.kind is 'count'")
         if self.kind != "count" and not self.uri:
             raise ValueError(f"input.uri is required when input.kind is '{self.kind}'")
-        if self.keep_fields and self.kind != "prompts":
-            raise ValueError("input.keep_fields applies to input.kind 'prompts' only")
+        if self.keep_fields and self.kind == "count":
+            raise ValueError("input.keep_fields needs input records: kind 'count' has no fields to keep")
         return self
 
 

@@ -58,7 +58,9 @@ def plan_input(config: PipelineConfig) -> PlannedInput:
             spec.uri, field=spec.field, unit_size=size, storage_options=options, keep_fields=spec.keep_fields
         )
     if spec.kind == "images":
-        return plan_images(spec.uri, unit_size=size, column=spec.field, storage_options=options)
+        return plan_images(
+            spec.uri, unit_size=size, column=spec.field, storage_options=options, keep_fields=spec.keep_fields
+        )
     return plan_count(spec.count, unit_size=size)
 
 

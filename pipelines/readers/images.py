@@ -3,12 +3,13 @@
 ``uri`` is a file, a folder (recursive) or a glob; each file is handled by its extension:
 
 - image files (``.jpg .jpeg .png .webp .bmp .gif .tif .tiff``): one record each, ``image_bytes`` = the file's
-  bytes (not decoded: decoding is the preprocess stage's job). Key: the relative path without extension
-  (the relative path with extension when two images differ only by extension).
+  bytes (not decoded: decoding is the preprocess stage's job), ``prompt`` = the caption in a ``.txt`` file
+  of the same stem beside it, if any (img2dataset's ``files`` layout). Key: the relative path without
+  extension (the relative path with extension when two images differ only by extension).
 - webdataset shards (``.tar``, img2dataset layout): one record per sample (consecutive members sharing a
   key, split as webdataset does at the first ``.`` of the basename). ``image_bytes`` = the first member
-  among the image extensions above, ``prompt`` = the ``key.txt`` caption if any (``key.json`` and other
-  members are ignored). A sample without an image is a record with a ``read_error``. A truncated or corrupt
+  among the image extensions above, ``prompt`` = the ``key.txt`` caption if any (other members are
+  ignored, but for ``key.json``, see below). A sample without an image is a record with a ``read_error``. A truncated or corrupt
   tar yields every complete sample before the damage plus one error record (key ``{tar name}-error``)
   naming the tar, the reason and the sample cut by it. Key: the sample key if no other sample of the job
   has it, else ``{tar name}/{sample key}`` for every tar sample of the job (plus ``-{index:09d}`` in a tar
@@ -16,7 +17,11 @@
 - parquet (``.parquet``): one record per row; the image is ``column`` (default: ``image`` or else ``jpg``),
   either binary or a struct with a ``bytes`` field (Hugging Face ``Image``). The caption (``prompt``) is
   ``caption_column`` (default: ``caption`` or else ``text``) when present. Key: ``{name}-{row:09d}``.
-- sidecars are skipped: ``.txt`` and ``.json`` files, and a ``.parquet`` next to a ``.tar`` of the same
+- ``keep_fields`` (``input.keep_fields``) names what each record carries to its outputs as the ``metadata``
+  JSON column: fields of the sample's ``key.json`` (tars) or of the ``.json`` file of the same stem beside an
+  image file, or columns (parquet). A field that is missing, or a ``.json`` that is absent or not a JSON
+  object, gives null.
+- sidecars are not records of their own: ``.txt`` and ``.json`` files, and a ``.parquet`` next to a ``.tar`` of the same
   stem (img2dataset writes both). So are names starting with ``.`` or ``_``.
 - anything else is one record with ``read_error`` "not an image file: ..." so nothing is silently dropped.
 """
@@ -28,7 +33,7 @@ import posixpath
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,6 +43,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipelines import storage
+from pipelines.readers.fields import json_object, kept_fields
 from pipelines.readers.units import (
     PlannedInput,
     Source,
@@ -64,6 +70,7 @@ def read_images(
     column: str | None = None,
     caption_column: str | None = None,
     storage_options: Mapping | None = None,
+    keep_fields: Sequence[str] = (),
 ) -> ray.data.Dataset:
     """Read images from a folder, webdataset tars or parquet; one block per unit not in ``skip_units``."""
     planned = plan_images(
@@ -72,6 +79,7 @@ def read_images(
         column=column,
         caption_column=caption_column,
         storage_options=storage_options,
+        keep_fields=keep_fields,
     )
     return planned.to_dataset(skip_units)
 
@@ -83,6 +91,7 @@ def plan_images(
     column: str | None = None,
     caption_column: str | None = None,
     storage_options: Mapping | None = None,
+    keep_fields: Sequence[str] = (),
 ) -> PlannedInput:
     """List the image inputs under ``uri``, count tar samples and parquet rows in Ray tasks, plan units."""
     fs, path = storage.open_filesystem(uri, storage_options)
@@ -91,6 +100,7 @@ def plan_images(
     files = [(f, kind) for f, kind in zip(listed, kinds, strict=True) if kind is not None]
     if not files:
         raise FileNotFoundError(f"no image inputs under {uri} (only sidecar files)")
+    sidecars = _sidecars([f for f, kind in zip(listed, kinds, strict=True) if kind is None])
     path_names = unique_names([f.relpath for f, _ in files], use_stem=False)
     stem_names = unique_names([f.relpath for f, _ in files])
     protos = []
@@ -102,6 +112,8 @@ def plan_images(
             kind=kind,
             num_records=1,
         )
+        if kind == "image":
+            proto = replace(proto, sidecars=sidecars.get(posixpath.splitext(f.path)[0], ()))
         if kind == "other":
             proto = replace(proto, error=f"not an image file: {f.relpath}")
         protos.append(proto)
@@ -113,7 +125,9 @@ def plan_images(
     by_uri = {source.uri: (source, keys) for source, keys in counted}
     sources = [by_uri[p.uri][0] if p.uri in by_uri else p for p in protos]
     sources = _assign_tar_keys(sources, {u: keys for u, (_, keys) in by_uri.items()})
-    reader = ImageReader(column=column, caption_column=caption_column, storage_options=options)
+    reader = ImageReader(
+        column=column, caption_column=caption_column, storage_options=options, keep_fields=tuple(keep_fields)
+    )
     return PlannedInput(plan_units(sources, unit_size), reader)
 
 
@@ -135,6 +149,17 @@ def _classify(relpaths: list[str]) -> list[str | None]:
         else:
             kinds.append("other")
     return kinds
+
+
+def _sidecars(listed: list[storage.ListedFile]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The ``(extension, path)`` sidecars of each path stem (``.txt`` and ``.json`` files)."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for f in listed:
+        stem, ext = posixpath.splitext(f.path)
+        ext = ext.lower().lstrip(".")
+        if ext in SIDECAR_EXTENSIONS:
+            found.setdefault(stem, []).append((ext, f.path))
+    return {stem: tuple(sorted(pairs)) for stem, pairs in found.items()}
 
 
 def _assign_tar_keys(sources: list[Source], keys: dict[str, list[str]]) -> list[Source]:
@@ -254,19 +279,39 @@ class ImageReader:
     column: str | None
     caption_column: str | None
     storage_options: dict
+    keep_fields: tuple[str, ...] = ()
 
     def __call__(self, source: Source, start: int, stop: int) -> pa.Table:
         if source.kind in ("other", "broken"):
-            return slice_table([source.name], source.uri, errors=source.error)
+            return slice_table([source.name], source.uri, errors=source.error, metadata=self._kept([None]))
         fs, _ = storage.open_filesystem(source.uri, self.storage_options)
         if source.kind == "image":
-            data = storage.read_bytes(fs, source.path)
-            return slice_table(
-                [source.name], source.uri, images=[data], errors=[None if data else "empty image file"]
-            )
+            return self._read_image_file(fs, source)
         if source.kind == "parquet":
             return self._read_parquet(fs, source, start, stop)
-        return _read_tar(fs, source, start, stop)
+        return self._read_tar(fs, source, start, stop)
+
+    def _kept(self, fields: Sequence[Mapping | None]) -> list[str] | None:
+        """The metadata column for records with these fields (None when nothing is kept)."""
+        return [kept_fields(f, self.keep_fields) for f in fields] if self.keep_fields else None
+
+    def _read_image_file(self, fs: Any, source: Source) -> pa.Table:
+        data = storage.read_bytes(fs, source.path)
+        caption_path, fields_path = source.sidecar("txt"), source.sidecar("json")
+        caption = None
+        if caption_path is not None:
+            caption = _caption(storage.read_bytes(fs, caption_path))
+        fields = None
+        if fields_path is not None and self.keep_fields:
+            fields = json_object(storage.read_bytes(fs, fields_path))
+        return slice_table(
+            [source.name],
+            source.uri,
+            prompts=[caption],
+            images=[data],
+            errors=[None if data else "empty image file"],
+            metadata=self._kept([fields]),
+        )
 
     def _read_parquet(self, fs: Any, source: Source, start: int, stop: int) -> pa.Table:
         keys = [f"{source.name}-{i:09d}" for i in range(start, stop)]
@@ -278,8 +323,9 @@ class ImageReader:
             if image_col is None:
                 wanted = self.column or " or ".join(DEFAULT_IMAGE_COLUMNS)
                 reason = f"no image column {wanted} (columns: {', '.join(names)})"
-                return slice_table(keys, source.uri, errors=reason)
-            columns = [image_col] + ([caption_col] if caption_col else [])
+                return slice_table(keys, source.uri, errors=reason, metadata=self._kept([None] * len(keys)))
+            kept = [c for c in self.keep_fields if c in names]
+            columns = list(dict.fromkeys([image_col, *([caption_col] if caption_col else []), *kept]))
             table = read_parquet_slice(pf, columns, start, stop)
         images, errors = _image_values(table.column(image_col), image_col)
         prompts = None
@@ -288,50 +334,71 @@ class ImageReader:
             pa.types.is_string(caption_type) or pa.types.is_large_string(caption_type)
         ):
             prompts = table.column(caption_col).to_pylist()
-        return slice_table(keys, source.uri, prompts=prompts, images=images, errors=errors)
+        fields = table.select(kept).to_pylist() if kept else [None] * table.num_rows
+        return slice_table(
+            keys, source.uri, prompts=prompts, images=images, errors=errors, metadata=self._kept(fields)
+        )
+
+    def _read_tar(self, fs: Any, source: Source, start: int, stop: int) -> pa.Table:
+        first, offset = source.seek_point(start)
+        samples = source.num_records - (source.error is not None)
+        keys: list[str] = []
+        read: list[_SampleRecord] = []
+        with fs.open(source.path, "rb") as f:
+            for index, item in enumerate(_scan_tar(f, offset), start=first):
+                if index >= min(stop, samples) or isinstance(item, _TarDamage):
+                    break
+                if index < start:
+                    continue
+                keys.append(f"{source.key_prefix}{item.key}" + (f"-{index:09d}" if source.index_keys else ""))
+                read.append(_sample_record(item, with_fields=bool(self.keep_fields)))
+        if source.error is not None and stop == source.num_records:
+            keys.append(f"{source.name}-error")
+            read.append(_SampleRecord(error=f"{source.uri}: {source.error}"))
+        return slice_table(
+            keys,
+            source.uri,
+            prompts=[r.caption for r in read],
+            images=[r.image for r in read],
+            errors=[r.error for r in read],
+            metadata=self._kept([r.fields for r in read]),
+        )
 
 
-def _read_tar(fs: Any, source: Source, start: int, stop: int) -> pa.Table:
-    first, offset = source.seek_point(start)
-    samples = source.num_records - (source.error is not None)
-    keys: list[str] = []
-    prompts: list[str | None] = []
-    images: list[bytes | None] = []
-    errors: list[str | None] = []
-    with fs.open(source.path, "rb") as f:
-        for index, item in enumerate(_scan_tar(f, offset), start=first):
-            if index >= min(stop, samples) or isinstance(item, _TarDamage):
-                break
-            if index < start:
-                continue
-            key = f"{source.key_prefix}{item.key}" + (f"-{index:09d}" if source.index_keys else "")
-            keys.append(key)
-            prompt, image, error = _sample_record(item)
-            prompts.append(prompt)
-            images.append(image)
-            errors.append(error)
-    if source.error is not None and stop == source.num_records:
-        keys.append(f"{source.name}-error")
-        prompts.append(None)
-        images.append(None)
-        errors.append(f"{source.uri}: {source.error}")
-    return slice_table(keys, source.uri, prompts=prompts, images=images, errors=errors)
+@dataclass(frozen=True)
+class _SampleRecord:
+    """What one webdataset sample gives a record."""
+
+    caption: str | None = None
+    image: bytes | None = None
+    error: str | None = None
+    fields: Mapping[str, Any] | None = None  # the ``key.json`` object, when asked for
 
 
-def _sample_record(sample: _TarSample) -> tuple[str | None, bytes | None, str | None]:
-    """(caption, image bytes, read error) of one webdataset sample."""
+def _sample_record(sample: _TarSample, *, with_fields: bool) -> _SampleRecord:
+    """The caption, image bytes (or read error) and, ``with_fields``, the ``.json`` of one sample."""
     tar = sample.tar
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample.members), None)
     try:
-        caption = None
+        caption = fields = None
         if "txt" in sample.members:
-            caption = _member_bytes(tar, sample.members["txt"]).decode("utf-8", errors="replace")
+            caption = _caption(_member_bytes(tar, sample.members["txt"]))
+        if with_fields and "json" in sample.members:
+            fields = json_object(_member_bytes(tar, sample.members["json"]))
         if image_ext is None:
             found = ", ".join(sorted(sample.members)) or "none"
-            return caption, None, f"no image in sample {sample.key!r} (members: {found})"
-        return caption, _member_bytes(tar, sample.members[image_ext]), None
+            return _SampleRecord(
+                caption, None, f"no image in sample {sample.key!r} (members: {found})", fields
+            )
+        return _SampleRecord(caption, _member_bytes(tar, sample.members[image_ext]), None, fields)
     except (tarfile.TarError, OSError) as exc:
-        return None, None, f"cannot read sample {sample.key!r}: {type(exc).__name__}: {exc}"
+        return _SampleRecord(error=f"cannot read sample {sample.key!r}: {type(exc).__name__}: {exc}")
+
+
+def _caption(data: bytes) -> str:
+    """A ``.txt`` caption: UTF-8 (undecodable bytes replaced), without a BOM or a final line break."""
+    text = data.decode("utf-8-sig", errors="replace")
+    return text[:-1].removesuffix("\r") if text.endswith("\n") else text
 
 
 def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:

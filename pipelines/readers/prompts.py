@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipelines import storage
+from pipelines.readers.fields import kept_fields
 from pipelines.readers.units import (
     PlannedInput,
     Source,
@@ -187,12 +188,6 @@ class PromptReader:
 
 
 Result = tuple[str | None, str | None]  # (prompt, read_error)
-
-
-def kept_fields(fields: Mapping | None, keep: Sequence[str]) -> str:
-    """The ``keep`` fields of one input record as a JSON object (a field it lacks is null)."""
-    fields = fields or {}
-    return json.dumps({name: fields.get(name) for name in keep}, ensure_ascii=False, default=str)
 
 
 def _read_lines(fs: Any, source: Source, start: int, stop: int) -> list[bytes]:

@@ -50,6 +50,11 @@ class Source:
     error: str | None = None  # a damaged source: its last record is an error record with this reason
     key_prefix: str = ""  # readers whose records carry their own keys (webdataset) prefix them with this
     index_keys: bool = False  # ... and append the record index when the source's own keys repeat
+    sidecars: tuple[tuple[str, str], ...] = ()  # (extension, path) of files that describe this one
+
+    def sidecar(self, ext: str) -> str | None:
+        """The path of the ``ext`` sidecar (e.g. ``txt``, ``json``), or None."""
+        return next((path for e, path in self.sidecars if e == ext), None)
 
     def seek_point(self, start: int) -> tuple[int, int]:
         """The (record index, byte offset) of the nearest checkpoint at or before record ``start``."""

@@ -74,6 +74,14 @@ def test_count_needs_a_count_and_files_need_a_uri():
     assert any("input.uri is required" in p for p in _problems({**MINIMAL, "input": {"kind": "images"}}))
 
 
+def test_keep_fields_need_input_records():
+    count = {"kind": "count", "count": 3, "keep_fields": ["id"]}
+    assert any("kind 'count' has no fields to keep" in p for p in _problems({**MINIMAL, "input": count}))
+    images = {**MINIMAL, "input": {"kind": "images", "uri": "imgs", "keep_fields": ["url"]},
+              "model": {"checkpoint": "c", "mode": "i2t"}}  # fmt: skip
+    assert parse_spec(images).input.keep_fields == ["url"]
+
+
 def test_engine_only_modes_are_refused_by_pipelines():
     data = {**MINIMAL, "model": {"checkpoint": "c", "mode": "interpolate"}}
     assert any("runs in the engine only" in p for p in _problems(data))

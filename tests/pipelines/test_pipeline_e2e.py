@@ -415,7 +415,7 @@ def put_image_folder(place: Place) -> tuple[dict, set[str], dict[str, str]]:
     place.put("in/images/gray.png", image_bytes((70, 70), 90, mode="L"))
     place.put("in/images/broken.jpg", image_bytes((50, 50), (1, 2, 3), fmt="JPEG")[:60])  # corrupt
     place.put("in/images/notes.md", b"# not an image\n")
-    place.put("in/images/cat.txt", b"a sidecar caption, skipped")
+    place.put("in/images/cat.txt", b"a sidecar caption\n")  # img2dataset "files" layout: the cat's caption
     errors = {"broken": "undecodable image", "notes": "not an image file"}
     keys = {"cat", "dog", "sub/bird", "gray", "broken", "notes"}
     return {"kind": "images", "uri": place.uri("in/images")}, keys, errors
@@ -452,7 +452,7 @@ CASES: dict[str, tuple[str, Callable[[Place], tuple[dict, set[str], dict[str, st
     "joint-count": ("joint", count_input, True),
     "i2t-folder": ("i2t", put_image_folder, True),
     "i2t-tars": ("i2t", put_tars, True),
-    "i2t2i-folder": ("i2t2i", put_image_folder, False),  # images without captions: no paired text
+    "i2t2i-folder": ("i2t2i", put_image_folder, False),  # only the cat has a caption (a sidecar) to pair
     "i2t2i-tars": ("i2t2i", put_tars, False),  # the tar captions (where there are some) are the paired text
 }
 # t2i-txt on local paths is the module's base run (test_t2i_txt_local_base_run)
@@ -498,6 +498,10 @@ def test_mode_end_to_end(
             f"s{i}": f"shape {i}" for i in range(3)
         }
         assert out.written["t0"]["prompt"] is None
+    if case.endswith("folder"):
+        assert {k: row["prompt"] for k, row in out.written.items()} == {
+            "cat": "a sidecar caption", "dog": None, "sub/bird": None, "gray": None,
+        }  # fmt: skip
     if where == "s3":
         assert all(row["source"].startswith("s3://") for row in rows) or mode == "joint"
         assert not list(Path(tmp_path).glob("out*")), "S3 jobs must not write locally"
@@ -726,6 +730,26 @@ def test_kept_input_fields_reach_every_output(models: tuple[str, str], tmp_path:
     with tarfile.open(fileobj=io.BytesIO(out.files["shards/00001.tar"])) as tar:
         meta = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
     assert {m["key"]: m["metadata"] for m in meta} == {"prompts-000000003": {"id": 3}}
+
+
+def test_kept_fields_of_image_samples_reach_every_output(models: tuple[str, str], tmp_path: Path) -> None:
+    place = Place(str(tmp_path), {}, {})
+    input_spec, keys, expected_errors = put_tars(place)
+    out_uri = str(tmp_path / "out")
+    run(make_config(models, mode="i2t", input=input_spec | {"keep_fields": ["i"]}, output=out_uri))
+    out = verify_output(
+        read_tree(out_uri, {}),
+        mode="i2t",
+        expected_keys=keys,
+        tmp_path=tmp_path,
+        sources=place.source_images(),
+    )
+    assert_errors(out, expected_errors)
+    kept = {key: json.loads(row["metadata"]) for key, row in (out.written | out.errors).items()}
+    assert kept == {key: {"i": int(key[1])} if key.startswith("s") else {"i": None} for key in keys}
+    with tarfile.open(fileobj=io.BytesIO(out.files["shards/00000.tar"])) as tar:
+        meta = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert {m["key"]: m["metadata"] for m in meta} == {f"s{i}": {"i": i} for i in range(3)}
 
 
 def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, str], tmp_path: Path) -> None:

@@ -532,6 +532,54 @@ def test_images_on_s3(s3_bucket: str, s3fs_storage_options: dict, tmp_path: Path
     assert all(r["read_error"] is None for r in rows.values())
 
 
+def test_image_file_sidecars_give_caption_and_kept_fields(tmp_path: Path) -> None:
+    (tmp_path / "00000").mkdir()  # img2dataset's "files" layout
+    for i in range(3):
+        (tmp_path / "00000" / f"{i:09d}.jpg").write_bytes(jpeg_bytes((i, 0, 0)))
+    (tmp_path / "00000" / "000000000.txt").write_text("a red thing\r\n")
+    (tmp_path / "00000" / "000000000.json").write_text(json.dumps({"url": "http://x/0", "width": 5}))
+    (tmp_path / "00000" / "000000001.json").write_text("[1, 2]")  # not an object: fields are null
+    (tmp_path / "00000_stats.json").write_text("{}")
+    rows = rows_by_key(read_images(str(tmp_path), unit_size=2, keep_fields=["url", "width"]))
+    assert set(rows) == {f"00000/{i:09d}" for i in range(3)}
+    first, second, third = (rows[f"00000/{i:09d}"] for i in range(3))
+    assert first["prompt"] == "a red thing" and second["prompt"] is None
+    assert json.loads(first["metadata"]) == {"url": "http://x/0", "width": 5}
+    assert json.loads(second["metadata"]) == json.loads(third["metadata"]) == {"url": None, "width": None}
+    assert all(row["read_error"] is None for row in rows.values())
+    plain = rows_by_key(read_images(str(tmp_path), unit_size=2))
+    assert plain["00000/000000000"]["prompt"] == "a red thing"  # the caption does not need keep_fields
+    assert all(row["metadata"] is None for row in plain.values())
+
+
+def test_kept_fields_of_tar_samples_and_parquet_rows(tmp_path: Path) -> None:
+    write_tar(
+        tmp_path / "s.tar",
+        [
+            {"__key__": "k0", "png": png_bytes((1, 0, 0)), "json": {"url": "u0", "similarity": 0.3}},
+            {"__key__": "k1", "png": png_bytes((2, 0, 0)), "json": b"{broken"},
+            {"__key__": "k2", "png": png_bytes((3, 0, 0))},
+            {"__key__": "k3", "json": {"url": "u3"}},  # no image: an error that still carries its fields
+        ],
+    )
+    images = [png_bytes((i, 9, 9)) for i in range(5)]
+    pq.write_table(pa.table({"image": images, "url": [f"p{i}" for i in range(5)]}),
+                   tmp_path / "rows.parquet", row_group_size=2)  # fmt: skip
+    planned = plan_images(str(tmp_path), unit_size=3, keep_fields=["url", "similarity"])
+    rows = rows_by_key(planned.to_dataset())
+    meta = {key: json.loads(row["metadata"]) for key, row in rows.items()}
+    assert [meta[f"k{i}"] for i in range(4)] == [
+        {"url": "u0", "similarity": 0.3}, {"url": None, "similarity": None},
+        {"url": None, "similarity": None}, {"url": "u3", "similarity": None},
+    ]  # fmt: skip
+    assert rows["k1"]["read_error"] is None and rows["k1"]["image_bytes"] == png_bytes((2, 0, 0))
+    assert "no image in sample 'k3'" in rows["k3"]["read_error"]
+    assert [meta[f"rows-{i:09d}"] for i in range(5)] == [
+        {"url": f"p{i}", "similarity": None} for i in range(5)
+    ]
+    assert [rows[f"rows-{i:09d}"]["image_bytes"] for i in range(5)] == images
+
+
 def test_only_sidecars_raises(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(FileNotFoundError):
