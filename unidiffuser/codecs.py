@@ -57,14 +57,20 @@ class Codecs:
 
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
-        """Text latents (B, 77, text_dim) and, per prompt, whether it was cut to the CLIP context length."""
+        """Text latents (B, 77, text_dim) and, per prompt, whether it was cut to the CLIP context length.
+
+        A prompt repeated in the batch (several samples of one input) is encoded once.
+        """
+        unique = list(dict.fromkeys(prompts))
+        row_of = {prompt: row for row, prompt in enumerate(unique)}
         tokenizer = self.c.clip_tokenizer
         limit = self.max_prompt_tokens
-        full_lengths = [len(ids) for ids in tokenizer(prompts, truncation=False, verbose=False).input_ids]
-        ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+        full_lengths = [len(ids) for ids in tokenizer(unique, truncation=False, verbose=False).input_ids]
+        ids = tokenizer(unique, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         hidden = self.c.text_encoder(ids.input_ids.to(self.device))[0]
-        latents = self.c.text_decoder.encode(hidden.to(self.dtype))
-        return latents.float(), [n > limit for n in full_lengths]
+        latents = self.c.text_decoder.encode(hidden.to(self.dtype)).float()
+        rows = [row_of[prompt] for prompt in prompts]
+        return latents[rows], [full_lengths[row] > limit for row in rows]
 
     @torch.inference_mode()
     def encode_images(

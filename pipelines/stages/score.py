@@ -41,16 +41,21 @@ class ClipScoreStage:
 
     @torch.no_grad()
     def _text_embeds(self, texts: list[str]) -> np.ndarray:
+        """One row per text; a text repeated in the batch (samples of one prompt) is encoded once."""
+        unique = list(dict.fromkeys(texts))
         chunks = []
-        for start in range(0, len(texts), self.batch_size):
+        for start in range(0, len(unique), self.batch_size):
             inputs = self.processor(
-                text=texts[start : start + self.batch_size],
+                text=unique[start : start + self.batch_size],
                 return_tensors="pt",
                 padding=True,
                 truncation=True,
             ).to(self.device)
             chunks.append(_features(self.model.get_text_features(**inputs)))
-        return _normalise(torch.cat(chunks)) if chunks else np.zeros((0, 0), np.float32)
+        if not chunks:
+            return np.zeros((0, 0), np.float32)
+        row_of = {text: row for row, text in enumerate(unique)}
+        return _normalise(torch.cat(chunks))[[row_of[text] for text in texts]]
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = batch.copy()

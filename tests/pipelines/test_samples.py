@@ -3,6 +3,9 @@ refuses combinations that cannot mean anything."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
@@ -11,6 +14,7 @@ from pipelines import records as r
 from pipelines.config import PipelineConfig
 from pipelines.stages.filter import filter_batch
 from pipelines.stages.preprocess import draw_samples, preprocess_batch
+from pipelines.stages.score import ClipScoreStage
 from unidiffuser import derive_seed
 
 
@@ -117,3 +121,34 @@ def test_samples_change_the_output_fingerprint() -> None:
     one = PipelineConfig.model_validate(job())
     four = PipelineConfig.model_validate(job(model={"samples_per_input": 4}, clip={"keep_best": 1}))
     assert one.output_fingerprint() != four.output_fingerprint()
+
+
+SHAPES_CLIP = Path(__file__).resolve().parents[2] / "models" / "unidiffuser-shapes" / "clip"
+
+
+def test_clip_text_of_samples_of_one_prompt_is_encoded_once() -> None:
+    config = PipelineConfig.model_validate(job(clip={"model": str(SHAPES_CLIP), "batch_size": 2}))
+    stage = ClipScoreStage(config)
+    texts = ["a red circle", "a red circle", "a blue square on white", "a red circle", ""]
+    batch = pd.DataFrame(
+        {
+            r.STATUS: [r.Status.OK.value] * 4 + [r.Status.ERROR.value],
+            r.TEXT: texts,
+            r.PROMPT: texts,
+            r.OUT_PIXELS: None,
+        }
+    )
+    rows_seen: list[int] = []
+    hook = stage.model.text_model.register_forward_hook(
+        lambda module, args, kwargs, output: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        out = stage(batch)
+    finally:
+        hook.remove()
+    assert rows_seen == [2]  # two distinct texts, one chunk of clip.batch_size 2
+    embeddings = out[r.TEXT_EMBEDDING].tolist()
+    assert embeddings[0] == embeddings[1] == embeddings[3] != embeddings[2]
+    assert embeddings[4] is None  # an errored record is not scored
+    alone = stage(batch.iloc[[2]].reset_index(drop=True))[r.TEXT_EMBEDDING].iloc[0]
+    assert np.allclose(alone, embeddings[2], atol=1e-6)

@@ -339,6 +339,23 @@ def test_same_seed_for_two_records_gives_same_output(engine: UniDiffuserEngine):
     assert _key(c) == _key(d)
 
 
+def test_a_prompt_repeated_in_a_batch_is_encoded_once(engine: UniDiffuserEngine):
+    """Samples of one prompt share its text latent: one text-encoder row per distinct prompt."""
+    long_prompt = " ".join(["red"] * 100)
+    rows_seen: list[int] = []
+    encoder = engine.codecs.c.text_encoder
+    hook = encoder.register_forward_hook(lambda module, args, output: rows_seen.append(args[0].shape[0]))
+    try:
+        latents, cut = engine.codecs.encode_prompts([PROMPTS[0], long_prompt, PROMPTS[0], PROMPTS[0]])
+    finally:
+        hook.remove()
+    assert rows_seen == [2]
+    assert cut == [False, True, False, False]
+    alone, _ = engine.codecs.encode_prompts([long_prompt])
+    assert torch.equal(latents[1], alone[0])
+    assert torch.equal(latents[0], latents[2]) and torch.equal(latents[0], latents[3])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # determinism and seeds
 # ------------------------------------------------------------------------------------------------------------
