@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import cli
+from jobs import submit as jobs_api
+from pipelines.config import PipelineConfig
 
-pytestmark = pytest.mark.slow
+from .conftest import cli
 
 
 def _free_port() -> int:
@@ -68,6 +69,7 @@ def ray_head(tmp_path: Path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_submit_status_logs(ray_head: str, prompt_spec, tmp_path: Path):
     spec = prompt_spec(n_prompts=2, shard_size=2)
     job_id = cli("submit", str(spec), "--address", ray_head).stdout.strip()
@@ -84,3 +86,47 @@ def test_submit_status_logs(ray_head: str, prompt_spec, tmp_path: Path):
     assert "2 inputs -> 2 written" in logs
     assert (tmp_path / "out" / "_summary.json").exists()
     assert cli("stop", job_id, "--address", ray_head).stdout.strip() == "not running"
+
+
+class _HeadStartingUp:
+    """A Jobs API client whose head answers "No available agent" ``busy`` times before accepting a job."""
+
+    def __init__(
+        self, busy: int, failure: str = "No available agent to submit job, please try again later.."
+    ):
+        self.busy, self.failure, self.calls = busy, failure, 0
+
+    def submit_job(self, **kwargs) -> str:
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise RuntimeError(f"Request failed with status code 500: {self.failure}")
+        assert (Path(kwargs["runtime_env"]["working_dir"]) / jobs_api.SPEC_NAME).exists()
+        return "raysubmit_1"
+
+
+def _config(tmp_path: Path) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "input": {"kind": "count", "count": 1},
+            "model": {"checkpoint": "ckpt", "mode": "joint"},
+            "output": {"uri": str(tmp_path / "out")},
+        }  # fmt: skip
+    )
+
+
+def test_submit_waits_for_a_starting_heads_job_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(jobs_api.time, "sleep", lambda seconds: None)
+    head = _HeadStartingUp(busy=3)
+    monkeypatch.setattr(jobs_api, "_client", lambda address: head)
+    assert jobs_api.submit(_config(tmp_path), address="http://head:8265") == "raysubmit_1"
+    assert head.calls == 4
+    gone = _HeadStartingUp(busy=10**6)
+    monkeypatch.setattr(jobs_api, "_client", lambda address: gone)
+    with pytest.raises(RuntimeError, match="No available agent"):
+        jobs_api.submit(_config(tmp_path), address="http://head:8265", agent_wait_s=0.0)
+    assert gone.calls == 1
+    broken = _HeadStartingUp(busy=1, failure="runtime_env invalid")
+    monkeypatch.setattr(jobs_api, "_client", lambda address: broken)
+    with pytest.raises(RuntimeError, match="runtime_env invalid"):
+        jobs_api.submit(_config(tmp_path), address="http://head:8265")
+    assert broken.calls == 1  # any other error is not retried
