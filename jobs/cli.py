@@ -10,9 +10,11 @@ unidiffuser-batch demo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,10 +73,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _jobs_api(address: str) -> Iterator[None]:
+    """The Jobs API's failures (unreachable head, refused request, unknown job) as a CommandError."""
+    try:
+        yield
+    except ConnectionError as exc:
+        raise CommandError(f"cannot reach the Ray Jobs API at {address}: {exc}") from None
+    except RuntimeError as exc:  # what the Jobs API client raises for a request the head refused
+        raise CommandError(f"the Ray Jobs API at {address} refused the request: {exc}") from None
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from jobs import submit as jobs_api
 
-    job_id = jobs_api.submit(_load(args), address=args.address)
+    config = _load(args)
+    with _jobs_api(args.address):
+        job_id = jobs_api.submit(config, address=args.address)
     print(job_id)
     return 0
 
@@ -82,21 +97,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from jobs import submit as jobs_api
 
-    print(jobs_api.status(args.job_id, address=args.address))
+    with _jobs_api(args.address):
+        print(jobs_api.status(args.job_id, address=args.address))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from jobs import submit as jobs_api
 
-    print(jobs_api.logs(args.job_id, address=args.address), end="")
+    with _jobs_api(args.address):
+        print(jobs_api.logs(args.job_id, address=args.address), end="")
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from jobs import submit as jobs_api
 
-    print("stopped" if jobs_api.stop(args.job_id, address=args.address) else "not running")
+    with _jobs_api(args.address):
+        print("stopped" if jobs_api.stop(args.job_id, address=args.address) else "not running")
     return 0
 
 

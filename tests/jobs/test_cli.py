@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,3 +125,14 @@ def test_inspect_prints_counts_and_writes_a_contact_sheet(prompt_spec, tmp_path:
 def test_inspect_of_an_unfinished_output_fails_clearly(tmp_path: Path):
     proc = cli("inspect", str(tmp_path), check=False)
     assert proc.returncode == 2 and "no _summary.json" in proc.stderr
+
+
+def test_jobs_api_commands_fail_clearly_when_the_head_is_unreachable(prompt_spec):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening: refused at once
+        for args in (("status", "raysubmit_1"), ("logs", "raysubmit_1"), ("submit", str(prompt_spec()))):
+            proc = cli(*args, "--address", nobody, check=False)
+            assert proc.returncode == 2, proc.stderr
+            assert f"cannot reach the Ray Jobs API at {nobody}" in proc.stderr
+            assert "Traceback" not in proc.stderr
