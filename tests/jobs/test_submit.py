@@ -37,6 +37,10 @@ def ray_head(tmp_path: Path):
                f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
                "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp_dir}",
                "--disable-usage-stats"]  # fmt: skip
+    # the agents' default ports are fixed: a second Ray on this machine (another test package's local Ray)
+    # would hold them, and the head would answer "No available agent" to every submission
+    command += [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "metrics-export-port",
+                                                         "runtime-env-agent-port")]  # fmt: skip
     # a loopback-only test cluster: no token auth (real clusters pass RAY_AUTH_TOKEN to the CLI as to `ray job`)
     # and the project's console scripts on PATH, as in the container image
     bin_dir = str(Path(sys.executable).parent)
