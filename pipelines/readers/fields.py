@@ -1,4 +1,5 @@
-"""``input.keep_fields``: named fields of an input record, carried to all its outputs as one JSON object."""
+"""What travels with an input record besides its prompt or image: a caption file's text, and the
+``input.keep_fields`` fields, carried to all its outputs as one JSON object."""
 
 from __future__ import annotations
 
@@ -22,3 +23,9 @@ def json_object(data: bytes | None) -> Mapping[str, Any] | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def caption_text(data: bytes) -> str:
+    """A ``.txt`` caption: UTF-8 (undecodable bytes replaced), without a BOM or a final line break."""
+    text = data.decode("utf-8-sig", errors="replace")
+    return text[:-1].removesuffix("\r") if text.endswith("\n") else text

@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import functools
 import posixpath
-import re
-import tarfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -43,7 +41,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipelines import storage
-from pipelines.readers.fields import json_object, kept_fields
+from pipelines.readers.fields import caption_text, json_object, kept_fields
 from pipelines.readers.units import (
     PlannedInput,
     Source,
@@ -53,13 +51,12 @@ from pipelines.readers.units import (
     slice_table,
     unique_names,
 )
+from pipelines.readers.webdataset_tars import SampleRecord, TarDamage, read_sample, scan_tar
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
 SIDECAR_EXTENSIONS = ("txt", "json")
 DEFAULT_IMAGE_COLUMNS = ("image", "jpg")
 DEFAULT_CAPTION_COLUMNS = ("caption", "text")
-_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext
-_BLOCK = 512
 
 
 def read_images(
@@ -189,8 +186,8 @@ def _count(source: Source, *, storage_options: dict, stride: int) -> tuple[Sourc
             keys: list[str] = []
             offsets: list[int] = []
             error = None
-            for item in _scan_tar(f, 0):
-                if isinstance(item, _TarDamage):
+            for item in scan_tar(f, 0):
+                if isinstance(item, TarDamage):
                     error = item.reason
                     break
                 if len(keys) % stride == 0:
@@ -206,67 +203,6 @@ def _count(source: Source, *, storage_options: dict, stride: int) -> tuple[Sourc
     except Exception as exc:
         reason = f"cannot read {source.uri}: {type(exc).__name__}: {exc}"
         return replace(source, kind="broken", num_records=1, error=reason), []
-
-
-# --- webdataset tars -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class _TarSample:
-    key: str
-    offset: int  # header offset of the sample's first member
-    tar: tarfile.TarFile  # to read member data with
-    members: dict[str, tarfile.TarInfo] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _TarDamage:
-    reason: str
-
-
-def _scan_tar(f: Any, offset: int) -> Iterator[_TarSample | _TarDamage]:
-    """Samples of a seekable tar from the member header at ``offset``; a damaged tar ends with ``_TarDamage``.
-
-    Member data is not read (the caller reads what it needs through ``tar.extractfile``), so counting a
-    tar only touches its headers. Damage is: an unreadable header, member data cut short, or an archive
-    that ends without its end-of-archive marker (a writer killed mid-shard). The sample being assembled
-    when damage is found is not yielded, since it may be missing members.
-    """
-    f.seek(offset)
-    current: _TarSample | None = None
-    try:
-        with tarfile.open(fileobj=f, mode="r:") as tar:
-            while (member := tar.next()) is not None:
-                match = _WDS_KEY.match(member.name)
-                if not member.isfile() or match is None:
-                    continue
-                key, ext = match.group(1), match.group(2).lower()
-                if current is not None and key != current.key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = _TarSample(key, member.offset, tar)
-                current.members.setdefault(ext, member)
-            reason = _end_problem(f, tar.offset)
-            if reason is None:
-                if current is not None:
-                    yield current
-                return
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-    cut = f" (sample {current.key!r} is cut)" if current is not None else ""
-    yield _TarDamage(f"truncated or corrupt tar: {reason}{cut}")
-
-
-def _end_problem(f: Any, offset: int) -> str | None:
-    """None when the archive ends with its zero end-of-archive block at ``offset``, else what is wrong."""
-    f.seek(offset)
-    block = f.read(_BLOCK)
-    if len(block) == _BLOCK and block == b"\0" * _BLOCK:
-        return None
-    if len(block) < _BLOCK:
-        return f"archive ends at byte {offset + len(block)} without an end-of-archive marker"
-    return f"invalid member header at byte {offset}"
 
 
 # --- reading -------------------------------------------------------------------------------------------------
@@ -300,7 +236,7 @@ class ImageReader:
         caption_path, fields_path = source.sidecar("txt"), source.sidecar("json")
         caption = None
         if caption_path is not None:
-            caption = _caption(storage.read_bytes(fs, caption_path))
+            caption = caption_text(storage.read_bytes(fs, caption_path))
         fields = None
         if fields_path is not None and self.keep_fields:
             fields = json_object(storage.read_bytes(fs, fields_path))
@@ -343,18 +279,20 @@ class ImageReader:
         first, offset = source.seek_point(start)
         samples = source.num_records - (source.error is not None)
         keys: list[str] = []
-        read: list[_SampleRecord] = []
+        read: list[SampleRecord] = []
         with fs.open(source.path, "rb") as f:
-            for index, item in enumerate(_scan_tar(f, offset), start=first):
-                if index >= min(stop, samples) or isinstance(item, _TarDamage):
+            for index, item in enumerate(scan_tar(f, offset), start=first):
+                if index >= min(stop, samples) or isinstance(item, TarDamage):
                     break
                 if index < start:
                     continue
                 keys.append(f"{source.key_prefix}{item.key}" + (f"-{index:09d}" if source.index_keys else ""))
-                read.append(_sample_record(item, with_fields=bool(self.keep_fields)))
+                read.append(
+                    read_sample(item, image_extensions=IMAGE_EXTENSIONS, with_fields=bool(self.keep_fields))
+                )
         if source.error is not None and stop == source.num_records:
             keys.append(f"{source.name}-error")
-            read.append(_SampleRecord(error=f"{source.uri}: {source.error}"))
+            read.append(SampleRecord(error=f"{source.uri}: {source.error}"))
         return slice_table(
             keys,
             source.uri,
@@ -363,49 +301,6 @@ class ImageReader:
             errors=[r.error for r in read],
             metadata=self._kept([r.fields for r in read]),
         )
-
-
-@dataclass(frozen=True)
-class _SampleRecord:
-    """What one webdataset sample gives a record."""
-
-    caption: str | None = None
-    image: bytes | None = None
-    error: str | None = None
-    fields: Mapping[str, Any] | None = None  # the ``key.json`` object, when asked for
-
-
-def _sample_record(sample: _TarSample, *, with_fields: bool) -> _SampleRecord:
-    """The caption, image bytes (or read error) and, ``with_fields``, the ``.json`` of one sample."""
-    tar = sample.tar
-    image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample.members), None)
-    try:
-        caption = fields = None
-        if "txt" in sample.members:
-            caption = _caption(_member_bytes(tar, sample.members["txt"]))
-        if with_fields and "json" in sample.members:
-            fields = json_object(_member_bytes(tar, sample.members["json"]))
-        if image_ext is None:
-            found = ", ".join(sorted(sample.members)) or "none"
-            return _SampleRecord(
-                caption, None, f"no image in sample {sample.key!r} (members: {found})", fields
-            )
-        return _SampleRecord(caption, _member_bytes(tar, sample.members[image_ext]), None, fields)
-    except (tarfile.TarError, OSError) as exc:
-        return _SampleRecord(error=f"cannot read sample {sample.key!r}: {type(exc).__name__}: {exc}")
-
-
-def _caption(data: bytes) -> str:
-    """A ``.txt`` caption: UTF-8 (undecodable bytes replaced), without a BOM or a final line break."""
-    text = data.decode("utf-8-sig", errors="replace")
-    return text[:-1].removesuffix("\r") if text.endswith("\n") else text
-
-
-def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    handle = tar.extractfile(member)
-    if handle is None:
-        raise tarfile.ReadError(f"member {member.name} has no data")
-    return handle.read()
 
 
 # --- parquet -------------------------------------------------------------------------------------------------
