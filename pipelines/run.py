@@ -128,22 +128,28 @@ def build_dataset(
         write_batch,
         **one_to_one,
         num_cpus=res.preprocess_cpus,
-        fn_kwargs={"output": output_spec(config), "caption_image": config.output.caption_image},
+        fn_kwargs={
+            "output": output_spec(
+                config, {u.index: u.input_hash for u in planned.units if u.index not in skip_units}
+            ),
+            "caption_image": config.output.caption_image,
+        },
     )
 
 
 def still_valid_units(
     planned: PlannedInput, markers: dict[int, dict], fingerprint: str, samples_per_input: int = 1
 ) -> frozenset[int]:
-    """Committed units this job can skip: those its own fingerprint committed with the planned record count.
-    Any other marker (another config, input or shard size wrote it) is stale: the unit is redone over it."""
-    sizes = {u.index: u.num_records * samples_per_input for u in planned.units}
+    """Committed units this job can skip: those its own fingerprint committed from the same input records
+    (``Unit.input_hash``) and with the planned record count. Any other marker (another configuration, shard
+    size or input wrote it; or the files the unit reads changed since) is stale: the unit is redone."""
+    expected = {u.index: (u.num_records * samples_per_input, u.input_hash) for u in planned.units}
     valid = {
         u
         for u, m in markers.items()
-        if m.get("fingerprint") == fingerprint and m.get("records") == sizes.get(u)
+        if m.get("fingerprint") == fingerprint and (m.get("records"), m.get("input")) == expected.get(u)
     }
-    stale = sorted(set(markers) & set(sizes) - valid)
+    stale = sorted(set(markers) & set(expected) - valid)
     if stale:
         log.warning("units %s were committed by another job configuration or plan: redoing them", stale)
     return frozenset(valid)

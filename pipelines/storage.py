@@ -48,6 +48,12 @@ class ListedFile:
     path: str  # path on the filesystem (protocol stripped)
     relpath: str  # path relative to the listing root, posix separators
     size: int | None
+    version: str | None = None  # what the filesystem reports changing on a rewrite (ETag, mtime, ...)
+
+    @property
+    def stamp(self) -> str:
+        """Size and version: changes when the file is rewritten (resume redoes units that read it)."""
+        return f"{self.size}:{self.version}"
 
 
 def list_files(fs: AbstractFileSystem, path: str) -> list[ListedFile]:
@@ -78,10 +84,18 @@ def list_files(fs: AbstractFileSystem, path: str) -> list[ListedFile]:
         rel = _relative(p, root)
         if any(part.startswith((".", "_")) for part in rel.split("/")):
             continue
-        files.append(ListedFile(path=p, relpath=rel, size=info.get("size")))
+        files.append(ListedFile(path=p, relpath=rel, size=info.get("size"), version=_version(info)))
     if not files:
         raise FileNotFoundError(f"no input files under {path}")
     return files
+
+
+def _version(info: dict) -> str | None:
+    """The first change marker a listing entry has: S3's ETag, GCS' generation or MD5, else the mtime."""
+    for key in ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "updated"):
+        if info.get(key) is not None:
+            return f"{key}={info[key]}"
+    return None
 
 
 def _find(fs: AbstractFileSystem, path: str) -> dict[str, dict]:

@@ -108,9 +108,14 @@ def plan_images(
             name=path_name if kind in ("image", "other") else stem_name,
             kind=kind,
             num_records=1,
+            stamp=f.stamp,
         )
-        if kind == "image":
-            proto = replace(proto, sidecars=sidecars.get(posixpath.splitext(f.path)[0], ()))
+        if kind == "image" and (beside := sidecars.get(posixpath.splitext(f.path)[0])):
+            proto = replace(
+                proto,
+                sidecars=tuple((_extension(s.path), s.path) for s in beside),
+                stamp="|".join([f.stamp, *(s.stamp for s in beside)]),  # a new caption redoes the image
+            )
         if kind == "other":
             proto = replace(proto, error=f"not an image file: {f.relpath}")
         protos.append(proto)
@@ -148,15 +153,17 @@ def _classify(relpaths: list[str]) -> list[str | None]:
     return kinds
 
 
-def _sidecars(listed: list[storage.ListedFile]) -> dict[str, tuple[tuple[str, str], ...]]:
-    """The ``(extension, path)`` sidecars of each path stem (``.txt`` and ``.json`` files)."""
-    found: dict[str, list[tuple[str, str]]] = {}
+def _sidecars(listed: list[storage.ListedFile]) -> dict[str, list[storage.ListedFile]]:
+    """The sidecar files (``.txt``, ``.json``) of each path stem, in listing order."""
+    found: dict[str, list[storage.ListedFile]] = {}
     for f in listed:
-        stem, ext = posixpath.splitext(f.path)
-        ext = ext.lower().lstrip(".")
-        if ext in SIDECAR_EXTENSIONS:
-            found.setdefault(stem, []).append((ext, f.path))
-    return {stem: tuple(sorted(pairs)) for stem, pairs in found.items()}
+        if _extension(f.path) in SIDECAR_EXTENSIONS:
+            found.setdefault(posixpath.splitext(f.path)[0], []).append(f)
+    return found
+
+
+def _extension(path: str) -> str:
+    return posixpath.splitext(path)[1].lower().lstrip(".")
 
 
 def _assign_tar_keys(sources: list[Source], keys: dict[str, list[str]]) -> list[Source]:

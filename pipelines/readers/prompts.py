@@ -95,6 +95,7 @@ def plan_prompts(
             name=name,
             kind=_KINDS.get(posixpath.splitext(f.path)[1].lower(), "unsupported"),
             num_records=0,
+            stamp=f.stamp,
         )
         for f, name in zip(files, names, strict=True)
     ]

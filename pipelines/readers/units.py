@@ -13,6 +13,8 @@ Each unit becomes one :class:`ray.data.ReadTask` returning one Arrow table, so o
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +53,7 @@ class Source:
     key_prefix: str = ""  # readers whose records carry their own keys (webdataset) prefix them with this
     index_keys: bool = False  # ... and append the record index when the source's own keys repeat
     sidecars: tuple[tuple[str, str], ...] = ()  # (extension, path) of files that describe this one
+    stamp: str = ""  # size and version of the file(s) read at planning (see ``storage.ListedFile.stamp``)
 
     def sidecar(self, ext: str) -> str | None:
         """The path of the ``ext`` sidecar (e.g. ``txt``, ``json``), or None."""
@@ -89,6 +92,27 @@ class Unit:
     def num_records(self) -> int:
         """Records in the unit."""
         return sum(s.num_records for s in self.segments)
+
+    @property
+    def input_hash(self) -> str:
+        """A hash of what the unit reads: each segment's file (URI and stamp), record range and key naming.
+
+        A committed unit is reused only while this is unchanged, so a re-run over a grown or rewritten
+        input redoes the units whose records moved or changed, even where their record counts did not.
+        """
+        parts = [
+            [
+                s.source.uri,
+                s.source.stamp,
+                s.source.name,
+                s.source.key_prefix,
+                s.source.index_keys,
+                s.start,
+                s.stop,
+            ]
+            for s in self.segments
+        ]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 class SliceReader(Protocol):

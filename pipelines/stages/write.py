@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -15,8 +16,9 @@ from unidiffuser import Mode
 _IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
-def output_spec(config: PipelineConfig) -> OutputSpec:
-    """The writers' view of the job's output section."""
+def output_spec(config: PipelineConfig, unit_inputs: Mapping[int, str] | None = None) -> OutputSpec:
+    """The writers' view of the job's output section; ``unit_inputs`` maps the units to write to their
+    ``Unit.input_hash`` (recorded in their markers)."""
     out = config.output
     return OutputSpec(
         uri=out.uri,
@@ -25,6 +27,7 @@ def output_spec(config: PipelineConfig) -> OutputSpec:
         quality=out.image_quality,
         storage_options=config.storage.storage_options(),
         fingerprint=config.output_fingerprint(),
+        unit_inputs=dict(unit_inputs or {}),
     )
 
 

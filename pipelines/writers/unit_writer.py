@@ -53,6 +53,7 @@ class OutputSpec:
     quality: int = 95  # JPEG / WebP quality
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None  # of the job that writes (recorded in each marker; see resume)
+    unit_inputs: Mapping[int, str] = field(default_factory=dict)  # unit -> ``Unit.input_hash`` (ditto)
 
     def __post_init__(self) -> None:
         unknown = set(self.formats) - set(FORMATS)
@@ -86,6 +87,7 @@ def write_unit(batch: pd.DataFrame, *, output: OutputSpec) -> dict[str, Any]:
     marker = counts | {
         "files": [relpath for relpath, data in files.items() if data is not None],
         "fingerprint": output.fingerprint,
+        "input": output.unit_inputs.get(unit),
     }
     commit.write_marker(fs, root, unit, marker)
     return marker

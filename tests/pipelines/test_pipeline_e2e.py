@@ -685,6 +685,44 @@ def test_output_of_another_plan_is_redone_not_trusted(
         assert out.summary[name] == base_run.out.summary[name]
 
 
+def test_a_changed_input_redoes_the_units_whose_records_changed(
+    models: tuple[str, str], tmp_path: Path
+) -> None:
+    """A scheduled job re-run over a grown input (a new file sorting between old ones) or over a file
+    rewritten in place: the units whose records changed are redone, even where their record counts did not,
+    and the output ends holding exactly the new input, each record once."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+
+    def put(name: str, tag: str) -> None:
+        (folder / f"{name}.txt").write_text(
+            "".join(f"{tag} shape {i} on a grey background\n" for i in range(3))
+        )
+
+    def prompts_written(out: Output) -> dict[str, str]:
+        return {key: row["prompt"] for key, row in (out.written | out.rejected).items()}
+
+    put("a", "a red")
+    put("c", "a cyan")
+    out_uri = str(tmp_path / "out")
+    config = make_config(models, mode="t2i", input={"kind": "prompts", "uri": str(folder)}, output=out_uri)
+    assert run(config).units_total == 2
+    put("b", "a blue")  # sorts between a and c: unit 1 now holds b's records, unit 2 c's
+    report = run(config)
+    assert (report.units_total, report.units_skipped, report.units_run) == (3, 1, 2)
+    keys = prompt_keys("a", 3) | prompt_keys("b", 3) | prompt_keys("c", 3)
+    out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp_path)
+    assert prompts_written(out)["b-000000001"] == "a blue shape 1 on a grey background"
+    put("c", "a green")  # rewritten in place, as many lines: only its unit is redone
+    report = run(config)
+    assert (report.units_skipped, report.units_run) == (2, 1)
+    out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp_path)
+    assert [prompts_written(out)[f"c-{i:09d}"] for i in range(3)] == [
+        f"a green shape {i} on a grey background" for i in range(3)
+    ]
+    assert not run(config).did_model_work
+
+
 def test_best_of_n_keeps_the_best_scoring_sample_of_each_prompt(
     base_run: BaseRun, models: tuple[str, str], tmp_path: Path
 ) -> None:

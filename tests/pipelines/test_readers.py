@@ -580,6 +580,34 @@ def test_kept_fields_of_tar_samples_and_parquet_rows(tmp_path: Path) -> None:
     assert [rows[f"rows-{i:09d}"]["image_bytes"] for i in range(5)] == images
 
 
+def test_unit_input_hash_follows_the_files_a_unit_reads(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(png_bytes((1, 0, 0)))
+    (tmp_path / "b.png").write_bytes(png_bytes((2, 0, 0)))
+
+    def hashes() -> list[str]:
+        return [unit.input_hash for unit in plan_images(str(tmp_path), unit_size=1).units]
+
+    first = hashes()
+    assert len(set(first)) == 2 and hashes() == first  # stable while nothing changes
+    (tmp_path / "a.txt").write_text("a caption arrives")  # the record of a.png changes: its prompt
+    with_caption = hashes()
+    assert with_caption[0] != first[0] and with_caption[1] == first[1]
+    (tmp_path / "b.png").write_bytes(png_bytes((3, 0, 0), size=(7, 4)))  # rewritten in place
+    rewritten = hashes()
+    assert rewritten[0] == with_caption[0] and rewritten[1] != with_caption[1]
+
+
+def test_listings_carry_a_version_on_s3(s3_bucket: str, s3fs_storage_options: dict) -> None:
+    fs = fsspec.filesystem("s3", **s3fs_storage_options)
+    fs.pipe_file(f"{s3_bucket}/v/p.txt", b"one\n")
+    before = plan_prompts(f"s3://{s3_bucket}/v", unit_size=4, storage_options=s3fs_storage_options)
+    fs.pipe_file(f"{s3_bucket}/v/p.txt", b"two\n")  # same size, same record count, new content
+    after = plan_prompts(f"s3://{s3_bucket}/v", unit_size=4, storage_options=s3fs_storage_options)
+    (source,) = {seg.source for seg in after.units[0].segments}
+    assert "ETag=" in source.stamp
+    assert before.units[0].input_hash != after.units[0].input_hash
+
+
 def test_only_sidecars_raises(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(FileNotFoundError):
