@@ -9,6 +9,7 @@ another configuration are redone and units outside the plan removed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +30,7 @@ from pipelines.versions import versions
 from pipelines.writers.commit import committed_units
 from pipelines.writers.summary import write_summary
 from pipelines.writers.unit_writer import retire_unit
-from unidiffuser.checkpoint import read_checkpoint_resolution
+from unidiffuser.checkpoint import checkpoint_identity, read_checkpoint_resolution
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,11 @@ def build_dataset(
     planned: PlannedInput,
     skip_units: frozenset[int],
     *,
+    fingerprint: str,
     generate_cls: Callable[..., Any] = GenerateStage,
 ) -> ray.data.Dataset:
-    """The pipeline as a lazy Ray Dataset of per-unit count rows."""
+    """The pipeline as a lazy Ray Dataset of per-unit count rows; ``fingerprint`` (``job_fingerprint``)
+    goes into every unit marker."""
     res = config.resources
     # every stage maps rows 1:1; Ray Data restarts a crashed actor and retries its unit (its default for
     # actor pools: max_restarts=-1, max_task_retries=-1), and a rewritten unit overwrites the same files
@@ -130,11 +133,27 @@ def build_dataset(
         num_cpus=res.preprocess_cpus,
         fn_kwargs={
             "output": output_spec(
-                config, {u.index: u.input_hash for u in planned.units if u.index not in skip_units}
+                config,
+                fingerprint,
+                {u.index: u.input_hash for u in planned.units if u.index not in skip_units},
             ),
             "caption_image": config.output.caption_image,
         },
     )
+
+
+def job_fingerprint(config: PipelineConfig) -> str:
+    """The spec's output fingerprint plus the identity (``checkpoint_identity``: a hash of the folder listing)
+    of the checkpoint and of the CLIP model the job reads: units made by another version of either are redone
+    on resume, as units of another configuration are."""
+    options = config.storage.storage_options()
+    parts = [
+        config.output_fingerprint(),
+        checkpoint_identity(config.model.checkpoint, storage_options=options),
+    ]
+    if config.clip.enabled:
+        parts.append(checkpoint_identity(config.clip.model, storage_options=options))
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
 
 
 def still_valid_units(
@@ -207,13 +226,14 @@ def run_pipeline(
     markers = committed_units(config.output.uri, options)
     retire_units_outside_plan(config.output.uri, planned, markers, options)
     samples = config.model.samples_per_input
-    done = still_valid_units(planned, markers, config.output_fingerprint(), samples)
+    fingerprint = job_fingerprint(config)
+    done = still_valid_units(planned, markers, fingerprint, samples)
     todo = planned.num_units - len(done)
     stats = ""
     if todo == 0:
         log.info("all %d units already committed: no model work to do", planned.num_units)
     else:
-        ds = build_dataset(config, planned, done, generate_cls=generate_cls)
+        ds = build_dataset(config, planned, done, fingerprint=fingerprint, generate_cls=generate_cls)
         ds.context.enable_progress_bars = progress
         for row in ds.iter_rows():
             log.info(

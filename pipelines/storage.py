@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import fsspec
 from fsspec import AbstractFileSystem
 
+from unidiffuser.file_versions import file_version
+
 _GLOB_CHARS = ("*", "?", "[")
 
 
@@ -84,18 +86,10 @@ def list_files(fs: AbstractFileSystem, path: str) -> list[ListedFile]:
         rel = _relative(p, root)
         if any(part.startswith((".", "_")) for part in rel.split("/")):
             continue
-        files.append(ListedFile(path=p, relpath=rel, size=info.get("size"), version=_version(info)))
+        files.append(ListedFile(path=p, relpath=rel, size=info.get("size"), version=file_version(info)))
     if not files:
         raise FileNotFoundError(f"no input files under {path}")
     return files
-
-
-def _version(info: dict) -> str | None:
-    """The first change marker a listing entry has: S3's ETag, GCS' generation or MD5, else the mtime."""
-    for key in ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "updated"):
-        if info.get(key) is not None:
-            return f"{key}={info[key]}"
-    return None
 
 
 def _find(fs: AbstractFileSystem, path: str) -> dict[str, dict]:

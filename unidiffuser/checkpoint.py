@@ -1,8 +1,11 @@
 """Find and load a UniDiffuser checkpoint in the diffusers folder layout, from a local path or any fsspec URI.
 
-Remote checkpoints are copied once per machine into a local cache. The copy is made under a file lock into
-a temporary folder and renamed into place, so concurrent processes on one node never see a partial copy.
-Nothing here ever contacts a model hub.
+Remote checkpoints are copied once per machine and version into a local cache. A checkpoint's version is
+its *identity*: a hash of its folder's listing (each file's path, size and ETag / generation / mtime), read
+with one listing request and no download, so a checkpoint replaced at the same URI is copied again instead of
+served stale. When the listing fails (storage unreachable), the newest complete copy of that URI is used,
+with a warning. The copy is made under a file lock into a temporary folder and renamed into place, so
+concurrent processes on one node never see a partial copy. Nothing here ever contacts a model hub.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -30,6 +34,7 @@ from transformers import (
 )
 
 from unidiffuser.caption_decoder import CaptionDecoder
+from unidiffuser.file_versions import file_version
 from unidiffuser.uvit import UViT, UViTConfig
 
 COMPONENTS = (
@@ -58,6 +63,7 @@ MODEL_INDEX = {
     "vae": ["diffusers", "AutoencoderKL"],
 }
 _COMPLETE_MARKER = ".unidiffuser-complete"
+log = logging.getLogger(__name__)
 WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",
     "model.safetensors",
@@ -80,13 +86,36 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def checkpoint_identity(uri: str | os.PathLike, *, storage_options: dict[str, Any] | None = None) -> str:
+    """A hash of the checkpoint folder's listing (each file's relative path, size and version).
+
+    It changes when any file of the checkpoint is replaced, and reading it downloads nothing, so it keys the
+    node-local cache and goes into a job's output fingerprint (units made by an older checkpoint are redone).
+    """
+    uri = os.fspath(uri)
+    fs, root = fsspec.core.url_to_fs(
+        uri.removeprefix("file://") if _is_local(uri) else uri, **(storage_options or {})
+    )
+    root = root.rstrip("/")
+    found = fs.find(root, detail=True) if fs.isdir(root) else {}
+    files = sorted(
+        (path[len(root) + 1 :], info.get("size"), file_version(info))
+        for path, info in found.items()
+        if info.get("type") != "directory"
+    )
+    if not files:
+        raise CheckpointError(f"checkpoint folder not found: {uri}")
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
 def resolve_checkpoint(
     uri: str | os.PathLike,
     *,
     cache_dir: str | os.PathLike | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Path:
-    """Return a local folder holding the checkpoint, copying a remote one into the node-local cache once."""
+    """Return a local folder holding the checkpoint, copying a remote one into the node-local cache once
+    per version (see the module doc)."""
     uri = os.fspath(uri)
     if _is_local(uri):
         path = Path(uri.removeprefix("file://")).expanduser()
@@ -95,15 +124,33 @@ def resolve_checkpoint(
         return path
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_root.mkdir(parents=True, exist_ok=True)
-    target = cache_root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
+    location = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
+    try:
+        identity = checkpoint_identity(uri, storage_options=storage_options)
+    except Exception as exc:  # unreachable or gone: a complete copy made earlier still serves
+        cached = _newest_copy(cache_root, location)
+        if cached is None and isinstance(exc, CheckpointError):
+            raise
+        if cached is None:
+            raise CheckpointError(f"cannot list checkpoint {uri}: {type(exc).__name__}: {exc}") from exc
+        log.warning("cannot list checkpoint %s (%s: %s): using the cached copy %s", uri, type(exc).__name__,
+                    exc, cached)  # fmt: skip
+        return cached
+    target = cache_root / f"{location}-{identity}"
     if (target / _COMPLETE_MARKER).exists():
         return target
     with open(cache_root / f"{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / _COMPLETE_MARKER).exists():
             return target
-        _download(uri, target, storage_options or {})
+        _download(uri, target, storage_options or {}, identity)
     return target
+
+
+def _newest_copy(cache_root: Path, location: str) -> Path | None:
+    """The most recently completed cached copy of one checkpoint URI, if any."""
+    copies = [p for p in cache_root.glob(f"{location}-*") if (p / _COMPLETE_MARKER).is_file()]
+    return max(copies, key=lambda p: (p / _COMPLETE_MARKER).stat().st_mtime_ns, default=None)
 
 
 def read_checkpoint_resolution(
@@ -124,14 +171,14 @@ def read_checkpoint_resolution(
     return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
 
 
-def _download(uri: str, target: Path, storage_options: dict[str, Any]) -> None:
+def _download(uri: str, target: Path, storage_options: dict[str, Any], identity: str) -> None:
     fs, root = fsspec.core.url_to_fs(uri, **storage_options)
     if not fs.isdir(root):
         raise CheckpointError(f"checkpoint folder not found: {uri}")
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         fs.get(root.rstrip("/") + "/", str(staging), recursive=True)
-        (staging / _COMPLETE_MARKER).write_text(json.dumps({"uri": uri}))
+        (staging / _COMPLETE_MARKER).write_text(json.dumps({"uri": uri, "identity": identity}))
         if target.exists():  # a stale, incomplete copy from a crashed process
             shutil.rmtree(target)
         os.rename(staging, target)

@@ -16,9 +16,11 @@ from unidiffuser import Mode
 _IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
-def output_spec(config: PipelineConfig, unit_inputs: Mapping[int, str] | None = None) -> OutputSpec:
-    """The writers' view of the job's output section; ``unit_inputs`` maps the units to write to their
-    ``Unit.input_hash`` (recorded in their markers)."""
+def output_spec(
+    config: PipelineConfig, fingerprint: str | None = None, unit_inputs: Mapping[int, str] | None = None
+) -> OutputSpec:
+    """The writers' view of the job's output section. Recorded in each unit marker: ``fingerprint`` (the
+    job's, see ``pipelines.run.job_fingerprint``) and the unit's ``Unit.input_hash`` from ``unit_inputs``."""
     out = config.output
     return OutputSpec(
         uri=out.uri,
@@ -26,7 +28,7 @@ def output_spec(config: PipelineConfig, unit_inputs: Mapping[int, str] | None = 
         image_format=_IMAGE_FORMATS[out.image_format],
         quality=out.image_quality,
         storage_options=config.storage.storage_options(),
-        fingerprint=config.output_fingerprint(),
+        fingerprint=fingerprint,
         unit_inputs=dict(unit_inputs or {}),
     )
 

@@ -723,6 +723,34 @@ def test_a_changed_input_redoes_the_units_whose_records_changed(
     assert not run(config).did_model_work
 
 
+def test_a_replaced_checkpoint_or_clip_model_redoes_every_unit(
+    models: tuple[str, str], tmp_path: Path
+) -> None:
+    """Units made by another version of the checkpoint (or of the CLIP scorer) at the same location are
+    redone on resume, as units of another configuration are; an untouched job does no model work."""
+    checkpoint, clip = (tmp_path / "checkpoint", tmp_path / "clip")
+    shutil.copytree(models[0], checkpoint)
+    shutil.copytree(models[1], clip)
+    out_uri = str(tmp_path / "out")
+    config = make_config((str(checkpoint), str(clip)), mode="joint", input={"kind": "count", "count": 4},
+                         output=out_uri, shard_size=2)  # fmt: skip
+    assert run(config).units_run == 2
+    assert not run(config).did_model_work
+
+    def rewritten(path: Path) -> None:  # same bytes, new mtime: what a new upload of the file looks like
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+    rewritten(checkpoint / "unet" / "diffusion_pytorch_model.safetensors")
+    report = run(config)
+    assert (report.units_skipped, report.units_run) == (0, 2)
+    assert not run(config).did_model_work
+    rewritten(clip / "config.json")
+    assert run(config).units_run == 2
+    verify_output(read_tree(out_uri, {}), mode="joint", expected_keys={f"{i:09d}" for i in range(4)},
+                  tmp_path=tmp_path)  # fmt: skip
+
+
 def test_best_of_n_keeps_the_best_scoring_sample_of_each_prompt(
     base_run: BaseRun, models: tuple[str, str], tmp_path: Path
 ) -> None:

@@ -1,7 +1,7 @@
 """Finding and caching checkpoints: local folders, file:// and s3:// (a real S3 API: moto on loopback).
 
-A remote checkpoint is copied once per node into the cache, under a file lock, through a temporary folder
-renamed into place; a complete copy carries a marker, anything without it is not trusted.
+A remote checkpoint is copied once per node and version into the cache, under a file lock, through a
+temporary folder renamed into place; a complete copy carries a marker, anything without it is not trusted.
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def test_s3_checkpoint_is_downloaded_once_and_cached(
     assert _assert_clean_cache(cache, 1) == path
     assert _outputs(engine) == local_outputs
 
-    # second load: served from the cache; the bucket is gone, and any remote access would fail
+    # second load: served from the cache; the bucket is gone and storage unreachable, so the newest copy
+    # of the URI serves (with a warning)
     _delete_bucket_objects(s3_bucket, s3_endpoint)
 
     def no_remote(*args, **kwargs):
@@ -155,6 +156,61 @@ def test_s3_checkpoint_is_downloaded_once_and_cached(
     # the same location written with a trailing slash is the same cache entry
     assert resolve_checkpoint(remote_checkpoint + "/", cache_dir=cache) == path
     _assert_clean_cache(cache, 1)
+
+
+def test_a_checkpoint_replaced_at_its_uri_is_copied_again(
+    remote_checkpoint: str,
+    tiny_checkpoint: Path,
+    tiny_checkpoint_v0: Path,
+    s3_bucket: str,
+    s3_endpoint: str,
+    s3fs_storage_options: dict,
+    tmp_path: Path,
+):
+    """The cache is keyed by the checkpoint's listing (sizes, ETags): a new version at the same URI is
+    downloaded, never served stale from the old copy; an unchanged one is not downloaded again."""
+    first = resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path, storage_options=s3fs_storage_options)
+    assert (
+        resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path, storage_options=s3fs_storage_options)
+        == first
+    )
+    identity = checkpoint_module.checkpoint_identity(remote_checkpoint, storage_options=s3fs_storage_options)
+    assert json.loads((first / MARKER).read_text())["identity"] == identity
+    _delete_bucket_objects(s3_bucket, s3_endpoint)
+    fs = s3fs.S3FileSystem(**s3fs_storage_options, skip_instance_cache=True)
+    fs.put(str(tiny_checkpoint_v0) + "/", remote_checkpoint.removeprefix("s3://"), recursive=True)
+    second = resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path, storage_options=s3fs_storage_options)
+    assert second != first
+    assert _tree(second) == _tree(tiny_checkpoint_v0) and _tree(first) == _tree(tiny_checkpoint)
+    _assert_clean_cache(tmp_path, 2)
+
+
+def test_unreachable_storage_falls_back_to_the_newest_copy(
+    remote_checkpoint: str, tmp_path: Path, s3fs_storage_options: dict, caplog: pytest.LogCaptureFixture
+):
+    path = resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path, storage_options=s3fs_storage_options)
+    unreachable = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}, "config_kwargs": {
+        "connect_timeout": 1, "retries": {"max_attempts": 1}}}  # fmt: skip
+    with caplog.at_level("WARNING", logger="unidiffuser.checkpoint"):
+        again = resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path, storage_options=unreachable)
+    assert again == path
+    assert f"cannot list checkpoint {remote_checkpoint}" in caplog.text and str(path) in caplog.text
+    with pytest.raises(CheckpointError, match="cannot list checkpoint s3://.*EndpointConnectionError"):
+        resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path / "empty", storage_options=unreachable)
+
+
+def test_local_checkpoint_identity_follows_its_files(tiny_checkpoint: Path, tmp_path: Path):
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    identity = checkpoint_module.checkpoint_identity(folder)
+    assert checkpoint_module.checkpoint_identity(f"file://{folder}") == identity  # stable, read-only
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten
+    assert checkpoint_module.checkpoint_identity(folder) != identity
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint_module.checkpoint_identity(tmp_path / "absent")
 
 
 def test_s3_credentials_from_environment(remote_checkpoint: str, tmp_path: Path, local_outputs):
