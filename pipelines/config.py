@@ -242,7 +242,7 @@ class PipelineConfig(_Strict):
 
     def output_fingerprint(self) -> str:
         """A hash of everything in the spec that decides what the shards hold (input, model, CLIP, output
-        format, seed); ``pipelines.run.job_fingerprint`` adds the checkpoints' identities and stores it in
+        format, seed); ``pipelines.resume.job_fingerprint`` adds the checkpoints' identities and stores it in
         every unit marker, so a resume only skips units this very job committed. Name, resources and storage
         are left out: a job may resume on another cluster or under another name."""
         fields = self.model_dump(mode="json", include={"input", "model", "clip", "output", "seed"})

@@ -9,10 +9,9 @@ another configuration are redone and units outside the plan removed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from ray.data import ActorPoolStrategy
 
 from pipelines.config import PipelineConfig
 from pipelines.readers import PlannedInput, plan_count, plan_images, plan_prompts
+from pipelines.resume import job_fingerprint, retire_units_outside_plan, still_valid_units
 from pipelines.stages.filter import filter_batch
 from pipelines.stages.generate import GenerateStage
 from pipelines.stages.preprocess import preprocess_batch
@@ -29,8 +29,7 @@ from pipelines.stages.write import keeps_source_images, output_spec, write_batch
 from pipelines.versions import versions
 from pipelines.writers.commit import committed_units
 from pipelines.writers.summary import write_summary
-from pipelines.writers.unit_writer import retire_unit
-from unidiffuser.checkpoint import checkpoint_identity, read_checkpoint_resolution
+from unidiffuser.checkpoint import read_checkpoint_resolution
 
 log = logging.getLogger(__name__)
 
@@ -140,50 +139,6 @@ def build_dataset(
             "caption_image": config.output.caption_image,
         },
     )
-
-
-def job_fingerprint(config: PipelineConfig) -> str:
-    """The spec's output fingerprint plus the identity (``checkpoint_identity``: a hash of the folder listing)
-    of the checkpoint and of the CLIP model the job reads: units made by another version of either are redone
-    on resume, as units of another configuration are."""
-    options = config.storage.storage_options()
-    parts = [
-        config.output_fingerprint(),
-        checkpoint_identity(config.model.checkpoint, storage_options=options),
-    ]
-    if config.clip.enabled:
-        parts.append(checkpoint_identity(config.clip.model, storage_options=options))
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
-
-
-def still_valid_units(
-    planned: PlannedInput, markers: dict[int, dict], fingerprint: str, samples_per_input: int = 1
-) -> frozenset[int]:
-    """Committed units this job can skip: those its own fingerprint committed from the same input records
-    (``Unit.input_hash``) and with the planned record count. Any other marker (another configuration, shard
-    size or input wrote it; or the files the unit reads changed since) is stale: the unit is redone."""
-    expected = {u.index: (u.num_records * samples_per_input, u.input_hash) for u in planned.units}
-    valid = {
-        u
-        for u, m in markers.items()
-        if m.get("fingerprint") == fingerprint and (m.get("records"), m.get("input")) == expected.get(u)
-    }
-    stale = sorted(set(markers) & set(expected) - valid)
-    if stale:
-        log.warning("units %s were committed by another job configuration or plan: redoing them", stale)
-    return frozenset(valid)
-
-
-def retire_units_outside_plan(
-    uri: str, planned: PlannedInput, markers: dict[int, dict], storage_options: Mapping[str, Any]
-) -> None:
-    """Remove committed units the plan does not have (an earlier run with a smaller shard size or a larger
-    input wrote them), so the output holds this job's units only and its accounting adds up."""
-    outside = sorted(set(markers) - {u.index for u in planned.units})
-    if outside:
-        log.warning("removing units %s: committed by an earlier run, not in this job's plan", outside)
-    for unit in outside:
-        retire_unit(uri, unit, storage_options)
 
 
 def _spread() -> dict[str, Any]:

@@ -20,7 +20,7 @@ def output_spec(
     config: PipelineConfig, fingerprint: str | None = None, unit_inputs: Mapping[int, str] | None = None
 ) -> OutputSpec:
     """The writers' view of the job's output section. Recorded in each unit marker: ``fingerprint`` (the
-    job's, see ``pipelines.run.job_fingerprint``) and the unit's ``Unit.input_hash`` from ``unit_inputs``."""
+    job's, see ``pipelines.resume.job_fingerprint``) and the unit's ``Unit.input_hash`` from ``unit_inputs``."""
     out = config.output
     return OutputSpec(
         uri=out.uri,

@@ -2,7 +2,7 @@
 
 A marker exists only if every file of its unit was written whole, so the set of markers is exactly the set
 of units a re-run may skip. Its content is the unit's counts (records, written, rejected, errored, reasons),
-its files, the writing job's output fingerprint and the unit's input hash (see ``pipelines.run``'s resume).
+its files, the writing job's output fingerprint and the unit's input hash (see ``pipelines.resume``).
 """
 
 from __future__ import annotations
