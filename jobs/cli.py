@@ -51,6 +51,14 @@ def _checked(args: argparse.Namespace, failure: str) -> PipelineConfig:
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _checked(args, "spec is valid but not runnable")
     print(f"ok: {args.spec} ({config.model.mode.value}, {config.input.kind} -> {config.output.uri})")
+    if args.plan:
+        import ray
+
+        from pipelines.resume import plan_run
+        from pipelines.run import plan_input
+
+        ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=args.verbose)
+        print(f"plan: {plan_run(config, plan_input(config)).describe()}")
     return 0
 
 
@@ -152,9 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_spec("run", "run a job on the local Ray or the one RAY_ADDRESS names (resumes committed units)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
-    with_spec(
-        "validate", "check a spec and that its inputs, checkpoint and output are reachable"
-    ).set_defaults(func=cmd_validate)
+    p = with_spec("validate", "check a spec and that its inputs, checkpoint and output are reachable")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="also plan the input (counting records in Ray tasks) and say which units a run would keep, "
+        "run and remove; writes nothing",
+    )
+    p.set_defaults(func=cmd_validate)
     p = with_spec("submit", "submit a job to a Ray cluster through the Jobs API")
     p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", DEFAULT_DASHBOARD))
     p.set_defaults(func=cmd_submit)

@@ -8,16 +8,15 @@ job would write; otherwise it is redone. Units the plan no longer has are remove
 from __future__ import annotations
 
 import hashlib
-import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.config import PipelineConfig
 from pipelines.readers import PlannedInput
+from pipelines.writers.commit import committed_units
 from pipelines.writers.unit_writer import retire_unit
 from unidiffuser.checkpoint import checkpoint_identity
-
-log = logging.getLogger(__name__)
 
 
 def job_fingerprint(config: PipelineConfig) -> str:
@@ -34,31 +33,56 @@ def job_fingerprint(config: PipelineConfig) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
 
 
-def still_valid_units(
-    planned: PlannedInput, markers: dict[int, dict], fingerprint: str, samples_per_input: int = 1
-) -> frozenset[int]:
-    """Committed units this job can skip: those its own fingerprint committed from the same input records
-    (``Unit.input_hash``) and with the planned record count. Any other marker (another configuration, shard
-    size or input wrote it; or the files the unit reads changed since) is stale: the unit is redone."""
-    expected = {u.index: (u.num_records * samples_per_input, u.input_hash) for u in planned.units}
-    valid = {
+@dataclass(frozen=True)
+class RunPlan:
+    """What running the job now would do to its output: which units it keeps, runs and removes."""
+
+    planned: PlannedInput
+    fingerprint: str  # ``job_fingerprint``, recorded in the marker of every unit the run commits
+    samples_per_input: int
+    keep: frozenset[int]  # committed by this job from the same input: skipped
+    stale: tuple[int, ...]  # committed, but by another configuration or from other input: redone
+    outside: tuple[int, ...]  # committed units the plan does not have: removed
+
+    @property
+    def to_run(self) -> int:
+        """Units the run will generate and commit (the stale ones among them)."""
+        return self.planned.num_units - len(self.keep)
+
+    def describe(self) -> str:
+        """One line for people: records, units, and what happens to each unit."""
+        records = self.planned.num_records * self.samples_per_input
+        return (
+            f"{records} records in {self.planned.num_units} units: {len(self.keep)} committed and kept, "
+            f"{self.to_run} to run ({len(self.stale)} of them committed before but stale), "
+            f"{len(self.outside)} outside the plan to remove"
+        )
+
+
+def plan_run(config: PipelineConfig, planned: PlannedInput) -> RunPlan:
+    """Compare the output's committed units (their markers) with the planned input and this job's
+    fingerprint; reads markers and checkpoint listings, writes nothing."""
+    markers = committed_units(config.output.uri, config.storage.storage_options())
+    fingerprint = job_fingerprint(config)
+    samples = config.model.samples_per_input
+    expected = {u.index: (u.num_records * samples, u.input_hash) for u in planned.units}
+    keep = frozenset(
         u
         for u, m in markers.items()
         if m.get("fingerprint") == fingerprint and (m.get("records"), m.get("input")) == expected.get(u)
-    }
-    stale = sorted(set(markers) & set(expected) - valid)
-    if stale:
-        log.warning("units %s were committed by another job configuration or plan: redoing them", stale)
-    return frozenset(valid)
+    )
+    return RunPlan(
+        planned=planned,
+        fingerprint=fingerprint,
+        samples_per_input=samples,
+        keep=keep,
+        stale=tuple(sorted(set(markers) & set(expected) - keep)),
+        outside=tuple(sorted(set(markers) - set(expected))),
+    )
 
 
-def retire_units_outside_plan(
-    uri: str, planned: PlannedInput, markers: dict[int, dict], storage_options: Mapping[str, Any]
-) -> None:
+def retire_units(uri: str, units: Iterable[int], storage_options: Mapping[str, Any]) -> None:
     """Remove committed units the plan does not have (an earlier run with a smaller shard size or a larger
-    input wrote them), so the output holds this job's units only and its accounting adds up."""
-    outside = sorted(set(markers) - {u.index for u in planned.units})
-    if outside:
-        log.warning("removing units %s: committed by an earlier run, not in this job's plan", outside)
-    for unit in outside:
+    input wrote them), marker first, so the output holds this job's units only and its accounting adds up."""
+    for unit in units:
         retire_unit(uri, unit, storage_options)

@@ -20,14 +20,13 @@ from ray.data import ActorPoolStrategy
 
 from pipelines.config import PipelineConfig
 from pipelines.readers import PlannedInput, plan_count, plan_images, plan_prompts
-from pipelines.resume import job_fingerprint, retire_units_outside_plan, still_valid_units
+from pipelines.resume import plan_run, retire_units
 from pipelines.stages.filter import filter_batch
 from pipelines.stages.generate import GenerateStage
 from pipelines.stages.preprocess import preprocess_batch
 from pipelines.stages.score import ClipScoreStage
 from pipelines.stages.write import keeps_source_images, output_spec, write_batch
 from pipelines.versions import versions
-from pipelines.writers.commit import committed_units
 from pipelines.writers.summary import write_summary
 from unidiffuser.checkpoint import read_checkpoint_resolution
 
@@ -178,17 +177,21 @@ def run_pipeline(
     check_cluster_fits(config)
     options = config.storage.storage_options()
     planned = plan_input(config)
-    markers = committed_units(config.output.uri, options)
-    retire_units_outside_plan(config.output.uri, planned, markers, options)
+    plan = plan_run(config, planned)
+    log.info("plan: %s", plan.describe())
+    if plan.stale:
+        log.warning("units %s were committed by another job configuration or input: redoing them", plan.stale)
+    if plan.outside:
+        log.warning("removing units %s: committed by an earlier run, not in this job's plan", plan.outside)
+    retire_units(config.output.uri, plan.outside, options)
     samples = config.model.samples_per_input
-    fingerprint = job_fingerprint(config)
-    done = still_valid_units(planned, markers, fingerprint, samples)
-    todo = planned.num_units - len(done)
+    done = plan.keep
+    todo = plan.to_run
     stats = ""
     if todo == 0:
         log.info("all %d units already committed: no model work to do", planned.num_units)
     else:
-        ds = build_dataset(config, planned, done, fingerprint=fingerprint, generate_cls=generate_cls)
+        ds = build_dataset(config, planned, done, fingerprint=plan.fingerprint, generate_cls=generate_cls)
         ds.context.enable_progress_bars = progress
         for row in ds.iter_rows():
             log.info(

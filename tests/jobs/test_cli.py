@@ -60,6 +60,8 @@ def test_validate_reports_every_problem_with_its_key_path(prompt_spec, tmp_path:
 @pytest.mark.slow
 def test_run_then_rerun_does_no_model_work(prompt_spec):
     spec = prompt_spec(n_prompts=4, shard_size=2)
+    plan = cli("validate", str(spec), "--plan").stdout
+    assert "plan: 4 records in 2 units: 0 committed and kept, 2 to run (0 of them" in plan
     first = cli("run", str(spec), "--quiet")
     assert "4 inputs -> 4 written, 0 rejected, 0 errored" in first.stdout
     out = Path(spec).parent / "out"
@@ -69,6 +71,9 @@ def test_run_then_rerun_does_no_model_work(prompt_spec):
     assert "(0 units run, 2 skipped)" in second.stdout
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "_summary.json"}
     assert after == before
+    (Path(spec).parent / "prompts.txt").write_text("a changed first prompt\n" * 2 + "two more\n" * 2)
+    plan = cli("validate", str(spec), "--plan").stdout  # the input changed: both units are stale
+    assert "2 committed and kept" not in plan and "2 to run (2 of them committed before but stale)" in plan
 
 
 def _images_by_key(out: Path) -> dict[str, bytes]:
