@@ -212,6 +212,8 @@ def run_pipeline(
             "units": planned.num_units,
             "units_skipped": len(done),
             "units_run": todo,
+            "units_redone": len(plan.stale),  # of units_run: committed before, by another config or input
+            "units_removed": len(plan.outside),
             "name": config.name,
         },
     )

@@ -680,6 +680,8 @@ def test_output_of_another_plan_is_redone_not_trusted(
     assert back.units_total < report.units_total and back.units_run == back.units_total
     out = verify_output(read_tree(str(root), {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path)
     assert set(out.files) == set(base_run.out.files), "files of units outside the plan were left behind"
+    removed = report.units_total - back.units_total
+    assert (out.summary["units_removed"], out.summary["units_redone"]) == (removed, back.units_total)
     assert out.summary["units"] == back.units_total
     for name in ("inputs", "written", "rejected", "errored", "error_reasons", "rejected_reasons"):
         assert out.summary[name] == base_run.out.summary[name]
@@ -712,6 +714,7 @@ def test_a_changed_input_redoes_the_units_whose_records_changed(
     assert (report.units_total, report.units_skipped, report.units_run) == (3, 1, 2)
     keys = prompt_keys("a", 3) | prompt_keys("b", 3) | prompt_keys("c", 3)
     out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp_path)
+    assert (out.summary["units_redone"], out.summary["units_removed"]) == (1, 0)  # unit 1 (c -> b); 2 is new
     assert prompts_written(out)["b-000000001"] == "a blue shape 1 on a grey background"
     put("c", "a green")  # rewritten in place, as many lines: only its unit is redone
     report = run(config)
