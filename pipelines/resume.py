@@ -13,23 +13,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.config import PipelineConfig
-from pipelines.readers import PlannedInput
+from pipelines.readers import PlannedInput, Unit
 from pipelines.writers.commit import committed_units
 from pipelines.writers.unit_writer import retire_unit
 from unidiffuser.checkpoint import checkpoint_identity
 
 
-def job_fingerprint(config: PipelineConfig) -> str:
-    """The spec's output fingerprint plus the identity (``checkpoint_identity``: a hash of the folder listing)
-    of the checkpoint and of the CLIP model the job reads: units made by another version of either are redone
-    on resume, as units of another configuration are."""
-    options = config.storage.storage_options()
-    parts = [
-        config.output_fingerprint(),
-        checkpoint_identity(config.model.checkpoint, storage_options=options),
-    ]
-    if config.clip.enabled:
-        parts.append(checkpoint_identity(config.clip.model, storage_options=options))
+@dataclass(frozen=True)
+class ModelVersions:
+    """The versions (``checkpoint_identity``: a hash of the folder listing) of the checkpoint and the CLIP
+    model a job reads, taken once when it is planned: they go into its fingerprint, and its actors load
+    exactly these versions (a checkpoint replaced during the job fails it instead of mixing versions)."""
+
+    checkpoint: str
+    clip: str | None  # None without CLIP scoring
+
+    @classmethod
+    def of(cls, config: PipelineConfig) -> ModelVersions:
+        """List the job's checkpoint and CLIP model folders now."""
+        options = config.storage.storage_options()
+        clip = (
+            checkpoint_identity(config.clip.model, storage_options=options) if config.clip.enabled else None
+        )
+        return cls(checkpoint_identity(config.model.checkpoint, storage_options=options), clip)
+
+
+def job_fingerprint(config: PipelineConfig, versions: ModelVersions) -> str:
+    """The spec's output fingerprint plus the model versions: units made by another version of the
+    checkpoint or CLIP model are redone on resume, as units of another configuration are."""
+    parts = [config.output_fingerprint(), versions.checkpoint, versions.clip or ""]
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
 
 
@@ -38,6 +50,7 @@ class RunPlan:
     """What running the job now would do to its output: which units it keeps, runs and removes."""
 
     planned: PlannedInput
+    versions: ModelVersions  # what the run's actors load
     fingerprint: str  # ``job_fingerprint``, recorded in the marker of every unit the run commits
     samples_per_input: int
     keep: frozenset[int]  # committed by this job from the same input: skipped
@@ -48,6 +61,10 @@ class RunPlan:
     def to_run(self) -> int:
         """Units the run will generate and commit (the stale ones among them)."""
         return self.planned.num_units - len(self.keep)
+
+    def to_run_units(self) -> list[Unit]:
+        """The planned units the run generates and commits."""
+        return [u for u in self.planned.units if u.index not in self.keep]
 
     def describe(self) -> str:
         """One line for people: records, units, and what happens to each unit."""
@@ -63,7 +80,8 @@ def plan_run(config: PipelineConfig, planned: PlannedInput) -> RunPlan:
     """Compare the output's committed units (their markers) with the planned input and this job's
     fingerprint; reads markers and checkpoint listings, writes nothing."""
     markers = committed_units(config.output.uri, config.storage.storage_options())
-    fingerprint = job_fingerprint(config)
+    versions = ModelVersions.of(config)
+    fingerprint = job_fingerprint(config, versions)
     samples = config.model.samples_per_input
     expected = {u.index: (u.num_records * samples, u.input_hash) for u in planned.units}
     keep = frozenset(
@@ -73,6 +91,7 @@ def plan_run(config: PipelineConfig, planned: PlannedInput) -> RunPlan:
     )
     return RunPlan(
         planned=planned,
+        versions=versions,
         fingerprint=fingerprint,
         samples_per_input=samples,
         keep=keep,

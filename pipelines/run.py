@@ -20,7 +20,7 @@ from ray.data import ActorPoolStrategy
 
 from pipelines.config import PipelineConfig
 from pipelines.readers import PlannedInput, plan_count, plan_images, plan_prompts
-from pipelines.resume import plan_run, retire_units
+from pipelines.resume import RunPlan, plan_run, retire_units
 from pipelines.stages.filter import filter_batch
 from pipelines.stages.generate import GenerateStage
 from pipelines.stages.preprocess import preprocess_batch
@@ -64,15 +64,10 @@ def plan_input(config: PipelineConfig) -> PlannedInput:
 
 
 def build_dataset(
-    config: PipelineConfig,
-    planned: PlannedInput,
-    skip_units: frozenset[int],
-    *,
-    fingerprint: str,
-    generate_cls: Callable[..., Any] = GenerateStage,
+    config: PipelineConfig, plan: RunPlan, *, generate_cls: Callable[..., Any] = GenerateStage
 ) -> ray.data.Dataset:
-    """The pipeline as a lazy Ray Dataset of per-unit count rows; ``fingerprint`` (``job_fingerprint``)
-    goes into every unit marker."""
+    """The pipeline over the units ``plan`` runs, as a lazy Ray Dataset of per-unit count rows. Its actors
+    load the model versions the plan was made with, and each marker records the plan's fingerprint."""
     res = config.resources
     # every stage maps rows 1:1; Ray Data restarts a crashed actor and retries its unit (its default for
     # actor pools: max_restarts=-1, max_task_retries=-1), and a rewritten unit overwrites the same files
@@ -80,7 +75,7 @@ def build_dataset(
     resolution = read_checkpoint_resolution(
         config.model.checkpoint, storage_options=config.storage.storage_options()
     )
-    ds = planned.to_dataset(skip_units)
+    ds = plan.planned.to_dataset(plan.keep)
     samples = config.model.samples_per_input
     ds = ds.map_batches(
         preprocess_batch,
@@ -103,6 +98,7 @@ def build_dataset(
         generate_cls,
         **one_to_one,
         fn_constructor_args=(config,),
+        fn_constructor_kwargs={"checkpoint_identity": plan.versions.checkpoint},
         compute=ActorPoolStrategy(size=res.actors),
         num_gpus=res.gpus_per_actor,
         num_cpus=res.cpus_per_actor,
@@ -112,6 +108,7 @@ def build_dataset(
             ClipScoreStage,
             **one_to_one,
             fn_constructor_args=(config,),
+            fn_constructor_kwargs={"identity": plan.versions.clip},
             compute=ActorPoolStrategy(size=res.clip_actors),
             num_gpus=res.clip_gpus_per_actor,
             num_cpus=res.clip_cpus_per_actor,
@@ -131,9 +128,7 @@ def build_dataset(
         num_cpus=res.preprocess_cpus,
         fn_kwargs={
             "output": output_spec(
-                config,
-                fingerprint,
-                {u.index: u.input_hash for u in planned.units if u.index not in skip_units},
+                config, plan.fingerprint, {u.index: u.input_hash for u in plan.to_run_units()}
             ),
             "caption_image": config.output.caption_image,
         },
@@ -191,7 +186,7 @@ def run_pipeline(
     if todo == 0:
         log.info("all %d units already committed: no model work to do", planned.num_units)
     else:
-        ds = build_dataset(config, planned, done, fingerprint=plan.fingerprint, generate_cls=generate_cls)
+        ds = build_dataset(config, plan, generate_cls=generate_cls)
         ds.context.enable_progress_bars = progress
         for row in ds.iter_rows():
             log.info(

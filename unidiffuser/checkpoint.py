@@ -113,29 +113,42 @@ def resolve_checkpoint(
     *,
     cache_dir: str | os.PathLike | None = None,
     storage_options: dict[str, Any] | None = None,
+    identity: str | None = None,
 ) -> Path:
     """Return a local folder holding the checkpoint, copying a remote one into the node-local cache once
-    per version (see the module doc)."""
+    per version (see the module doc).
+
+    ``identity`` pins the version (a ``checkpoint_identity`` taken earlier, e.g. when a job was planned): a
+    cached copy of it is used without listing the remote, and a checkpoint that no longer has it is an error
+    rather than a silent switch to another version in the middle of a job.
+    """
     uri = os.fspath(uri)
     if _is_local(uri):
         path = Path(uri.removeprefix("file://")).expanduser()
         if not path.is_dir():
             raise CheckpointError(f"checkpoint folder not found: {path}")
+        if identity is not None:
+            _check_unchanged(uri, identity, checkpoint_identity(path))
         return path
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_root.mkdir(parents=True, exist_ok=True)
     location = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
-    try:
-        identity = checkpoint_identity(uri, storage_options=storage_options)
-    except Exception as exc:  # unreachable or gone: a complete copy made earlier still serves
-        cached = _newest_copy(cache_root, location)
-        if cached is None and isinstance(exc, CheckpointError):
-            raise
-        if cached is None:
-            raise CheckpointError(f"cannot list checkpoint {uri}: {type(exc).__name__}: {exc}") from exc
-        log.warning("cannot list checkpoint %s (%s: %s): using the cached copy %s", uri, type(exc).__name__,
-                    exc, cached)  # fmt: skip
-        return cached
+    if identity is not None:
+        if (cache_root / f"{location}-{identity}" / _COMPLETE_MARKER).exists():
+            return cache_root / f"{location}-{identity}"
+        _check_unchanged(uri, identity, checkpoint_identity(uri, storage_options=storage_options))
+    else:
+        try:
+            identity = checkpoint_identity(uri, storage_options=storage_options)
+        except Exception as exc:  # unreachable or gone: a complete copy made earlier still serves
+            cached = _newest_copy(cache_root, location)
+            if cached is None and isinstance(exc, CheckpointError):
+                raise
+            if cached is None:
+                raise CheckpointError(f"cannot list checkpoint {uri}: {type(exc).__name__}: {exc}") from exc
+            log.warning("cannot list checkpoint %s (%s: %s): using the cached copy %s", uri,
+                        type(exc).__name__, exc, cached)  # fmt: skip
+            return cached
     target = cache_root / f"{location}-{identity}"
     if (target / _COMPLETE_MARKER).exists():
         return target
@@ -145,6 +158,14 @@ def resolve_checkpoint(
             return target
         _download(uri, target, storage_options or {}, identity)
     return target
+
+
+def _check_unchanged(uri: str, expected: str, found: str) -> None:
+    if found != expected:
+        raise CheckpointError(
+            f"checkpoint {uri} changed since it was pinned (version {expected}, now {found}): "
+            "its files were replaced; run again to use the new version throughout"
+        )
 
 
 def _newest_copy(cache_root: Path, location: str) -> Path | None:

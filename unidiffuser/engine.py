@@ -60,9 +60,11 @@ class UniDiffuserEngine:
         *,
         cache_dir: str | os.PathLike | None = None,
         storage_options: dict[str, Any] | None = None,
+        identity: str | None = None,
         **overrides: Any,
     ) -> UniDiffuserEngine:
-        """Load a diffusers-layout checkpoint from a local folder or any fsspec URI (cached once per node)."""
+        """Load a diffusers-layout checkpoint from a local folder or any fsspec URI (cached once per node);
+        ``identity`` pins its version (see ``unidiffuser.checkpoint.resolve_checkpoint``)."""
         if overrides:
             values = {**(config.model_dump() if config else {}), **overrides}
             try:
@@ -73,7 +75,9 @@ class UniDiffuserEngine:
                         [str(exc), *_resolution_problem(uri, values.get("resolution"), storage_options)]
                     )
                 ) from None
-        path = resolve_checkpoint(uri, cache_dir=cache_dir, storage_options=storage_options)
+        path = resolve_checkpoint(
+            uri, cache_dir=cache_dir, storage_options=storage_options, identity=identity
+        )
         return cls(load_components(path), config)
 
     def _check_config(self, components: Components) -> None:

@@ -32,13 +32,17 @@ INPUT_OF_MODE = {
 class GenerateStage:
     """Callable class for ``Dataset.map_batches``: runs the configured mode on the unit's ok rows."""
 
-    def __init__(self, config: PipelineConfig):
+    def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
+        """``checkpoint_identity`` pins the checkpoint version the job was planned with."""
         self.config = config
         engine_config = EngineConfig.build(
             **config.model.engine_config(device=config.device, batch_size=config.resources.batch_size)
         )
         self.engine = UniDiffuserEngine.from_pretrained(
-            config.model.checkpoint, engine_config, storage_options=config.storage.storage_options()
+            config.model.checkpoint,
+            engine_config,
+            storage_options=config.storage.storage_options(),
+            identity=checkpoint_identity,
         )
         self.mode = config.model.mode
         self.params = json.dumps(

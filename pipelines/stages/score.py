@@ -22,8 +22,11 @@ from unidiffuser import Mode, resolve_checkpoint
 class ClipScoreStage:
     """Callable class for ``Dataset.map_batches``; loads the CLIP model once per actor."""
 
-    def __init__(self, config: PipelineConfig):
-        path = resolve_checkpoint(config.clip.model, storage_options=config.storage.storage_options())
+    def __init__(self, config: PipelineConfig, identity: str | None = None):
+        """``identity`` pins the CLIP model version the job was planned with."""
+        path = resolve_checkpoint(
+            config.clip.model, storage_options=config.storage.storage_options(), identity=identity
+        )
         self.device = torch.device("cuda" if config.resources.clip_gpus_per_actor > 0 else "cpu")
         self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
         self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)

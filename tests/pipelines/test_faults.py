@@ -142,7 +142,7 @@ def no_model_stage() -> type[GenerateStage]:
     tiny = np.full((8, 8, 3), 127, np.uint8)
 
     class NoModelStage(GenerateStage):
-        def __init__(self, config: PipelineConfig):
+        def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
             self.config = config
             self.mode = config.model.mode
             self.params = json.dumps({"steps": config.model.steps})
@@ -225,8 +225,8 @@ def failing_encoder_stage(poison: str) -> type[GenerateStage]:
     """The real engine, whose prompt encoder raises RuntimeError for any batch holding ``poison``."""
 
     class FailingEncoderStage(GenerateStage):
-        def __init__(self, config: PipelineConfig):
-            super().__init__(config)
+        def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
+            super().__init__(config, checkpoint_identity)
             encode = self.engine._encode_prompts
 
             def encode_or_fail(prompts: list[str]):
@@ -269,7 +269,7 @@ def raising_engine_stage(poison: str) -> type[GenerateStage]:
             return [Result(image=np.zeros((64, 64, 3), np.uint8)) for _ in inputs]
 
     class RaisingEngineStage(GenerateStage):
-        def __init__(self, config: PipelineConfig):
+        def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
             self.config = config
             self.mode = config.model.mode
             self.params = "{}"
@@ -295,3 +295,22 @@ def test_engine_that_raises_for_a_batch_yields_error_rows_not_a_crashed_job(
     reasons = [r["reason"] for f in (out / "errors").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
     assert any("simulated engine bug" in reason for reason in reasons)
     assert set(keys[2:]) <= set(found["written"])  # other units are unaffected
+
+
+def test_a_checkpoint_replaced_after_planning_fails_the_actor_loudly(checkpoint: str, tmp_path: Path) -> None:
+    """Engine actors load the checkpoint version the job was planned with: one whose files changed since is
+    an error naming both versions, never a silent switch of model in the middle of a job."""
+    import shutil
+
+    from unidiffuser import CheckpointError
+    from unidiffuser.checkpoint import checkpoint_identity
+
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint, copy)
+    config = make_config(str(copy), tmp_path / "p.txt", tmp_path / "out")
+    planned = checkpoint_identity(copy)
+    assert GenerateStage(config, checkpoint_identity=planned).engine.components.path == copy
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # replaced
+    with pytest.raises(CheckpointError, match=f"changed since it was pinned \\(version {planned}, now "):
+        GenerateStage(config, checkpoint_identity=planned)

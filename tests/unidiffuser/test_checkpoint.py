@@ -199,6 +199,37 @@ def test_unreachable_storage_falls_back_to_the_newest_copy(
         resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path / "empty", storage_options=unreachable)
 
 
+def test_a_pinned_version_is_served_from_the_cache_or_refused(
+    remote_checkpoint: str,
+    tiny_checkpoint_v0: Path,
+    s3_bucket: str,
+    s3_endpoint: str,
+    s3fs_storage_options: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """``identity`` pins a version: a cached copy of it serves without listing the remote; a remote that no
+    longer has it is an error, where an unpinned load would switch to the new version."""
+    options = s3fs_storage_options
+    pinned = checkpoint_module.checkpoint_identity(remote_checkpoint, storage_options=options)
+    path = resolve_checkpoint(
+        remote_checkpoint, cache_dir=tmp_path / "a", storage_options=options, identity=pinned
+    )
+    _delete_bucket_objects(s3_bucket, s3_endpoint)
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    fs.put(str(tiny_checkpoint_v0) + "/", remote_checkpoint.removeprefix("s3://"), recursive=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpoint_module, "checkpoint_identity", lambda *a, **k: pytest.fail("listed"))
+        same = resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path / "a", storage_options=options,
+                                  identity=pinned)  # fmt: skip
+    assert same == path
+    with pytest.raises(CheckpointError, match=f"changed since it was pinned \\(version {pinned}, now "):
+        resolve_checkpoint(
+            remote_checkpoint, cache_dir=tmp_path / "b", storage_options=options, identity=pinned
+        )
+    assert resolve_checkpoint(remote_checkpoint, cache_dir=tmp_path / "b", storage_options=options) != path
+
+
 def test_local_checkpoint_identity_follows_its_files(tiny_checkpoint: Path, tmp_path: Path):
     import shutil
 
