@@ -1,8 +1,9 @@
 """The columns one record carries from reader to shard.
 
 Every stage after preprocess is a 1:1 row map (nothing is dropped), so one record can be followed by its
-``key`` from the reader to the writer (preprocess may draw several samples of one input, see INPUT_KEY). A record's ``unit`` is the output shard it belongs to; a unit is read as one block,
-processed as one block and committed as one shard, which is what makes resume exact.
+``key`` from the reader to the writer (preprocess may draw several samples of one input, see INPUT_KEY). A
+record's ``unit`` is the output shard it belongs to; a unit is read as one block, processed as one block and
+committed as one shard, which is what makes resume exact.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@
 - webdataset shards (``.tar``, img2dataset layout): one record per sample (consecutive members sharing a
   key, split as webdataset does at the first ``.`` of the basename). ``image_bytes`` = the first member
   among the image extensions above, ``prompt`` = the ``key.txt`` caption if any (other members are
-  ignored, but for ``key.json``, see below). A sample without an image is a record with a ``read_error``. A truncated or corrupt
-  tar yields every complete sample before the damage plus one error record (key ``{tar name}-error``)
-  naming the tar, the reason and the sample cut by it. Key: the sample key if no other sample of the job
-  has it, else ``{tar name}/{sample key}`` for every tar sample of the job (plus ``-{index:09d}`` in a tar
-  that repeats a key itself).
+  ignored, but for ``key.json``, see below). A sample without an image is a record with a ``read_error``.
+  A truncated or corrupt tar yields every complete sample before the damage plus one error record (key
+  ``{tar name}-error``) naming the tar, the reason and the sample cut by it. Key: the sample key if no
+  other sample of the job has it, else ``{tar name}/{sample key}`` for every tar sample of the job (plus
+  ``-{index:09d}`` in a tar that repeats a key itself).
 - parquet (``.parquet``): one record per row; the image is ``column`` (default: ``image`` or else ``jpg``),
   either binary or a struct with a ``bytes`` field (Hugging Face ``Image``). The caption (``prompt``) is
   ``caption_column`` (default: ``caption`` or else ``text``) when present. Key: ``{name}-{row:09d}``.
@@ -21,8 +21,8 @@
   JSON column: fields of the sample's ``key.json`` (tars) or of the ``.json`` file of the same stem beside an
   image file, or columns (parquet). A field that is missing, or a ``.json`` that is absent or not a JSON
   object, gives null.
-- sidecars are not records of their own: ``.txt`` and ``.json`` files, and a ``.parquet`` next to a ``.tar`` of the same
-  stem (img2dataset writes both). So are names starting with ``.`` or ``_``.
+- sidecars are not records of their own: ``.txt`` and ``.json`` files, and a ``.parquet`` next to a ``.tar``
+  of the same stem (img2dataset writes both). Nor are names starting with ``.`` or ``_``.
 - anything else is one record with ``read_error`` "not an image file: ..." so nothing is silently dropped.
 """
 
@@ -135,17 +135,16 @@ def plan_images(
 
 def _classify(relpaths: list[str]) -> list[str | None]:
     """The kind of each file: image, tar, parquet, other, or None for a sidecar."""
-    tar_stems = {posixpath.splitext(p)[0] for p in relpaths if p.lower().endswith(".tar")}
+    tar_stems = {posixpath.splitext(p)[0] for p in relpaths if _extension(p) == "tar"}
     kinds: list[str | None] = []
     for p in relpaths:
-        stem, ext = posixpath.splitext(p)
-        ext = ext.lower().lstrip(".")
+        ext = _extension(p)
         if ext in IMAGE_EXTENSIONS:
             kinds.append("image")
         elif ext == "tar":
             kinds.append("tar")
         elif ext == "parquet":
-            kinds.append(None if stem in tar_stems else "parquet")
+            kinds.append(None if posixpath.splitext(p)[0] in tar_stems else "parquet")
         elif ext in SIDECAR_EXTENSIONS:
             kinds.append(None)
         else:
