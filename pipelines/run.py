@@ -75,16 +75,16 @@ def build_dataset(
     resolution = read_checkpoint_resolution(
         config.model.checkpoint, storage_options=config.storage.storage_options()
     )
-    ds = plan.planned.to_dataset(plan.keep)
+    # A unit is read and preprocessed in one task (same resources: Ray Data fuses the two). The memory
+    # reservation also keeps that task apart from the engine actors, which reserve none: Ray Data fuses
+    # adjacent stages only when their resources are equal, and decoding must never hold a GPU actor.
+    task = {"num_cpus": res.preprocess_cpus, "memory": preprocess_memory(config, resolution)}
+    ds = plan.planned.to_dataset(plan.keep, **task)
     samples = config.model.samples_per_input
     ds = ds.map_batches(
         preprocess_batch,
         **one_to_one | {"udf_modifying_row_count": samples > 1},  # it draws the samples of each input
-        num_cpus=res.preprocess_cpus,
-        # decoding is spread over the cluster's CPUs; an args function also keeps Ray Data from fusing this
-        # stage into the engine actors, where decoding would hold the GPU (Ray deprecates args functions and
-        # removes them in 2.64: pyproject caps Ray below it until fusion can be refused another way)
-        ray_remote_args_fn=_spread,
+        **task,
         fn_kwargs={
             "job_seed": config.seed,
             "input_kind": config.input.kind,
@@ -135,8 +135,14 @@ def build_dataset(
     )
 
 
-def _spread() -> dict[str, Any]:
-    return {"scheduling_strategy": "SPREAD"}
+def preprocess_memory(config: PipelineConfig, resolution: int) -> int:
+    """Bytes a read + preprocess task reserves: a base for the interpreter and libraries, plus, for image
+    inputs, each record's model-resolution pixels and its source file (estimated at the same size)."""
+    base = 128 << 20
+    if config.input.kind != "images":
+        return base
+    records = config.output.shard_size * config.model.samples_per_input
+    return base + records * resolution * resolution * 3 * 2
 
 
 class ClusterTooSmallError(RuntimeError):

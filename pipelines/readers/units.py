@@ -169,8 +169,15 @@ class PlannedInput:
         wanted = set(unit_ids)
         return sum(u.num_records for u in self.units if u.index in wanted)
 
-    def to_dataset(self, skip_units: frozenset[int] = frozenset()) -> ray.data.Dataset:
-        """A dataset with one read task (one block) per unit not in ``skip_units``.
+    def to_dataset(
+        self,
+        skip_units: frozenset[int] = frozenset(),
+        *,
+        num_cpus: float | None = None,
+        memory: int | None = None,
+    ) -> ray.data.Dataset:
+        """A dataset with one read task (one block) per unit not in ``skip_units``; ``num_cpus`` and
+        ``memory`` are reserved for each read task.
 
         ``override_num_blocks`` is pinned to the number of units so Ray Data never adds a split factor
         to the read, and the dataset's own context has ``target_max_block_size=None`` so a large unit is
@@ -178,7 +185,10 @@ class PlannedInput:
         """
         units = tuple(u for u in self.units if u.index not in skip_units)
         ds = ray.data.read_datasource(
-            UnitDatasource(units, self.reader), override_num_blocks=max(1, len(units))
+            UnitDatasource(units, self.reader),
+            override_num_blocks=max(1, len(units)),
+            num_cpus=num_cpus,
+            memory=memory,
         )
         ds.context.target_max_block_size = None
         return ds
