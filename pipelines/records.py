@@ -9,7 +9,7 @@ committed as one shard, which is what makes resume exact.
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
 
 import pandas as pd
 import pyarrow as pa
@@ -58,7 +58,7 @@ def missing(value: object) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Where a record ends: every input is exactly one of these."""
 
     OK = "ok"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """What the engine generates; each is one call on ``UniDiffuserEngine``."""
 
     T2I = "t2i"  # text -> image
