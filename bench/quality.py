@@ -6,7 +6,7 @@
 Runs through the real ``UniDiffuserEngine`` (public API). The samples come from the world's ``heldout`` split
 (every scene holds a shape-colour pair never seen in training). Judges that do not use the model under test:
 the world's ground truth, the pixel detector and the caption parser; the CLIP ROC AUC uses the trained scorer.
-Metrics (fractions; see ``unidiffuser.training.quality``): i2t, t2i, joint, i2t2i, t2i2t and the CLIP AUCs, for
+Metrics (fractions; see ``shapes.quality``): i2t, t2i, joint, i2t2i, t2i2t and the CLIP AUCs, for
 each guidance scale x steps. Prints a table and writes JSON.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from unidiffuser.training.quality import MODES, EvalSet, evaluate, load, reference
-from unidiffuser.training.world import ShapesWorld
+from shapes.quality import MODES, EvalSet, evaluate, load, reference
+from shapes.world import ShapesWorld
 
 COLUMNS = ("i2t", "t2i", "joint", "i2t2i", "t2i2t", "clip_auc_t2i", "clip_auc_i2t")
 

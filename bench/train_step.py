@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from unidiffuser.training.diffusion import (
+from shapes.diffusion import (
     Latents,
     UViTTrainConfig,
     alphas_cumprod,

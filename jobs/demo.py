@@ -2,7 +2,7 @@
 their outputs (counts, reasons, CLIP-score histogram, contact sheet).
 
 The default model is ``models/unidiffuser-shapes``: the small UniDiffuser family trained on the procedural
-shapes world (``python -m unidiffuser.training.train``), committed with the repository; its ``clip/`` folder is the
+shapes world (``python -m shapes.train``), committed with the repository; its ``clip/`` folder is the
 demo's CLIP scorer. ``--model tiny`` runs the same jobs on randomly initialised tiny models written on the fly
 (plumbing only: noise images, gibberish captions).
 
@@ -37,7 +37,7 @@ def prepare_models(model: str, folder: Path) -> tuple[Path, Path]:
         if not (SHAPES_CHECKPOINT / "model_index.json").exists():
             raise DemoModelMissing(
                 f"the trained demo checkpoint is missing at {SHAPES_CHECKPOINT}: use a git checkout of the "
-                "repository, retrain it with `python -m unidiffuser.training.train`, or run `demo --model tiny`"
+                "repository, retrain it with `python -m shapes.train`, or run `demo --model tiny`"
             )
         return SHAPES_CHECKPOINT, SHAPES_CHECKPOINT / "clip"
     if model != "tiny":
@@ -69,7 +69,7 @@ def write_demo_inputs(folder: Path = DEMO_INPUTS, seed: int = 0) -> None:
     truth). The corrupt ``broken.jpg`` and the non-image ``notes.csv`` are kept as they are."""
     from PIL import Image
 
-    from unidiffuser.training.world import ShapesWorld
+    from shapes.world import ShapesWorld
 
     world = ShapesWorld(seed)
     prompts = [world.sample(DEMO_START + i, DEMO_SPLIT).caption for i in range(DEMO_PROMPTS)]

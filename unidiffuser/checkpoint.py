@@ -26,7 +26,8 @@ import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 from safetensors.torch import load_file
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
+    CLIPProcessor,
     CLIPTextModel,
     CLIPTokenizer,
     CLIPVisionModelWithProjection,
@@ -258,7 +259,7 @@ class Components:
     text_encoder: CLIPTextModel
     clip_tokenizer: CLIPTokenizer
     image_encoder: CLIPVisionModelWithProjection
-    clip_image_processor: CLIPImageProcessor
+    clip_image_processor: CLIPImageProcessorPil
     text_decoder: CaptionDecoder
     text_tokenizer: GPT2Tokenizer
     scheduler_config: dict
@@ -272,6 +273,16 @@ class Components:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_clip_processor(folder: str | os.PathLike) -> CLIPProcessor:
+    """A CLIP folder's tokenizer and image processor. The image processor is transformers' PIL backend,
+    named explicitly: the same pixels on every machine, with or without torchvision installed."""
+    kwargs = {"local_files_only": True}
+    return CLIPProcessor(
+        image_processor=CLIPImageProcessorPil.from_pretrained(folder, **kwargs),
+        tokenizer=CLIPTokenizer.from_pretrained(folder, **kwargs),
+    )
 
 
 def load_components(root: str | os.PathLike) -> Components:
@@ -291,7 +302,7 @@ def load_components(root: str | os.PathLike) -> Components:
         text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", **kwargs),
         clip_tokenizer=tokenizer,
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder", **kwargs),
-        clip_image_processor=CLIPImageProcessor.from_pretrained(root / "clip_image_processor", **kwargs),
+        clip_image_processor=CLIPImageProcessorPil.from_pretrained(root / "clip_image_processor", **kwargs),
         text_decoder=load_caption_decoder(root),
         text_tokenizer=GPT2Tokenizer.from_pretrained(root / "text_tokenizer", **kwargs),
         scheduler_config=scheduler_config,

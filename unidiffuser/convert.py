@@ -54,7 +54,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import load_file, save_file
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPTextModel,
     CLIPTokenizer,
     CLIPVisionModelWithProjection,
@@ -528,7 +528,7 @@ def _write_clip_text(source: Path, out: Path) -> dict:
 def _write_clip_image(source: Path, out: Path) -> dict:
     """``image_encoder/`` + ``clip_image_processor/`` from a local openai/clip-vit-base-patch32 folder."""
     preprocessor = _require_file(source / "preprocessor_config.json", "CLIP image preprocessor config")
-    CLIPImageProcessor.from_pretrained(source, local_files_only=True)  # validate before copying verbatim
+    CLIPImageProcessorPil.from_pretrained(source, local_files_only=True)  # validate before copying verbatim
     (out / "clip_image_processor").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(preprocessor, out / "clip_image_processor" / "preprocessor_config.json")
     model = CLIPVisionModelWithProjection.from_pretrained(source, local_files_only=True)

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 from safetensors.torch import save_file
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
@@ -221,7 +221,7 @@ def write_random_checkpoint(path: str | os.PathLike, sizes: CheckpointSizes, *, 
     )  # fmt: skip
     CLIPVisionModelWithProjection(vision_config).save_pretrained(root / "image_encoder")
     side = sizes.vision_image_size
-    CLIPImageProcessor(
+    CLIPImageProcessorPil(
         size={"shortest_edge": side}, crop_size={"height": side, "width": side}
     ).save_pretrained(root / "clip_image_processor")
 
@@ -283,7 +283,7 @@ def write_tiny_clip(path: str | os.PathLike, *, seed: int = 0) -> Path:
               "num_attention_heads": 2}  # fmt: skip
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(root)
     tokenizer.save_pretrained(root)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
         root
     )
     return root

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from transformers import CLIPModel, CLIPProcessor
+from transformers import CLIPModel
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
 from pipelines.stages.pixels import from_bytes
 from unidiffuser import Mode, resolve_checkpoint
+from unidiffuser.checkpoint import load_clip_processor
 
 
 class ClipScoreStage:
@@ -29,7 +30,7 @@ class ClipScoreStage:
         )
         self.device = torch.device("cuda" if config.resources.clip_gpus_per_actor > 0 else "cpu")
         self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
-        self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+        self.processor = load_clip_processor(path)
         self.batch_size = config.clip.batch_size
         self.mode = config.model.mode
 

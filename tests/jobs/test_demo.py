@@ -27,8 +27,8 @@ from jobs.demo import (
     prepare_models,
     write_demo_inputs,
 )
-from unidiffuser.training.detector import detect, matches
-from unidiffuser.training.world import ShapesWorld, parse_caption
+from shapes.detector import detect, matches
+from shapes.world import ShapesWorld, parse_caption
 
 from .conftest import cli
 

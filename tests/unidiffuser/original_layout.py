@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -460,5 +467,5 @@ def write_clip_folder(folder: Path, *, text_hidden: int, projection_dim: int, se
     torch.manual_seed(seed)
     config = CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
     CLIPModel(config).save_pretrained(folder)
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor.save_pretrained(folder)

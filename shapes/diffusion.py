@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from unidiffuser.training.common import Meter, autocast, batches, lr_at, set_lr
+from shapes.common import Meter, autocast, batches, lr_at, set_lr
 from unidiffuser.uvit import UViT, UViTConfig
 
 

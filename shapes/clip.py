@@ -28,7 +28,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from unidiffuser.training.common import Meter, autocast, batches, images_to_clip, lr_at, set_lr
+from shapes.common import Meter, autocast, batches, images_to_clip, lr_at, set_lr
 
 
 @dataclass

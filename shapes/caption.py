@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Tokenizer
 
+from shapes.common import Meter, autocast, batches, lr_at, set_lr
+from shapes.world import parse_caption
 from unidiffuser.caption_decoder import CaptionDecoder
-from unidiffuser.training.common import Meter, autocast, batches, lr_at, set_lr
-from unidiffuser.training.world import parse_caption
 
 
 @dataclass

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unidiffuser.training.detector import classify_shape, components, detect, matches
-from unidiffuser.training.world import (
+from shapes.detector import classify_shape, components, detect, matches
+from shapes.world import (
     BACKGROUNDS,
     COLOURS,
     POSITIONS,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from unidiffuser.training.quality import MODES, EvalSet, evaluate, load, reference
-from unidiffuser.training.world import ShapesWorld
+from shapes.quality import MODES, EvalSet, evaluate, load, reference
+from shapes.world import ShapesWorld
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "unidiffuser-shapes"
 SAMPLES = 24

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unidiffuser.training.world import ShapesWorld
+from shapes.world import ShapesWorld
 
-log = logging.getLogger("unidiffuser.training")
+log = logging.getLogger("shapes")
 
 # CLIP's image normalisation (the processor saved with the checkpoint uses the same numbers)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from unidiffuser.training.common import Meter, autocast, batches, images_to_unit, lr_at, set_lr
+from shapes.common import Meter, autocast, batches, images_to_unit, lr_at, set_lr
 
 
 @dataclass

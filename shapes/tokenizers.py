@@ -11,6 +11,7 @@ from collections import Counter
 
 from transformers import CLIPTokenizer, GPT2Tokenizer
 
+from shapes.world import vocabulary_corpus
 from unidiffuser.tiny import (
     CLIP_BOS,
     CLIP_EOS,
@@ -19,7 +20,6 @@ from unidiffuser.tiny import (
     tiny_clip_tokenizer,
     tiny_gpt2_tokenizer,
 )
-from unidiffuser.training.world import vocabulary_corpus
 
 END_OF_WORD = "</w>"
 

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPTokenizer, GPT2Tokenizer
 
+from shapes.clip import image_embeddings, text_hidden_states
+from shapes.train import main
+from shapes.world import ShapesWorld
 from unidiffuser import UniDiffuserEngine, write_tiny_checkpoint
 from unidiffuser.checkpoint import COMPONENTS, load_components
 from unidiffuser.noise import RecordNoise
-from unidiffuser.training.clip import image_embeddings, text_hidden_states
-from unidiffuser.training.train import main
-from unidiffuser.training.world import ShapesWorld
 
 
 @pytest.fixture(scope="module")

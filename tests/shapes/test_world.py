@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unidiffuser.training.detector import detect
-from unidiffuser.training.world import (
+from shapes.detector import detect
+from shapes.world import (
     BACKGROUNDS,
     COLOURS,
     HELD_OUT_PAIRS,

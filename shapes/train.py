@@ -1,6 +1,6 @@
 """Train the whole shapes-world UniDiffuser family, in order, with fixed seeds, and save it as a checkpoint.
 
-    python -m unidiffuser.training.train --out models/unidiffuser-shapes --seed 0 [--quick]
+    python -m shapes.train --out models/unidiffuser-shapes --seed 0 [--quick]
 
 Parts: (a) VAE (on the world's ``codec`` images: every shape-colour pair, no captions), (b) CLIP (text
 encoder, image encoder and the pipeline's scorer), (c) GPT-2 caption decoder, (d) U-ViT with the UniDiffuser
@@ -30,25 +30,25 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
-from unidiffuser.checkpoint import load_caption_decoder
-from unidiffuser.tiny import scheduler_config
-from unidiffuser.training import export
-from unidiffuser.training.caption import CaptionConfig, evaluate_decoder, train_caption_decoder
-from unidiffuser.training.clip import (
+from shapes import export
+from shapes.caption import CaptionConfig, evaluate_decoder, train_caption_decoder
+from shapes.clip import (
     CLIPTrainConfig,
     image_embeddings,
     split_towers,
     text_hidden_states,
     train_clip,
 )
-from unidiffuser.training.common import WorldData, images_to_unit, pick_device, seed_everything
-from unidiffuser.training.detector import detect
-from unidiffuser.training.diffusion import Latents, UViTTrainConfig, train_uvit
-from unidiffuser.training.tokenizers import world_clip_tokenizer, world_gpt2_tokenizer
-from unidiffuser.training.vae import VAEConfig, encode_posteriors, train_vae
-from unidiffuser.training.world import RESOLUTION, ShapesWorld
+from shapes.common import WorldData, images_to_unit, pick_device, seed_everything
+from shapes.detector import detect
+from shapes.diffusion import Latents, UViTTrainConfig, train_uvit
+from shapes.tokenizers import world_clip_tokenizer, world_gpt2_tokenizer
+from shapes.vae import VAEConfig, encode_posteriors, train_vae
+from shapes.world import RESOLUTION, ShapesWorld
+from unidiffuser.checkpoint import load_caption_decoder
+from unidiffuser.tiny import scheduler_config
 
-log = logging.getLogger("unidiffuser.training")
+log = logging.getLogger("shapes")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unidiffuser.training.world import BACKGROUNDS, COLOURS, POSITIONS, RESOLUTION, SIZES
+from shapes.world import BACKGROUNDS, COLOURS, POSITIONS, RESOLUTION, SIZES
 
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as an object pixel
 MIN_AREA_FRACTION = 24 / (RESOLUTION * RESOLUTION)  # smaller regions are noise

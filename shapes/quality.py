@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPModel, CLIPProcessor
+from transformers import CLIPModel
 
+from shapes.clip import roc_auc
+from shapes.detector import detect, matches
+from shapes.world import Scene, ShapesWorld, parse_caption
 from unidiffuser import EngineConfig, UniDiffuserEngine, load_components, resolve_checkpoint
-from unidiffuser.checkpoint import Components
-from unidiffuser.training.clip import roc_auc
-from unidiffuser.training.detector import detect, matches
-from unidiffuser.training.world import Scene, ShapesWorld, parse_caption
+from unidiffuser.checkpoint import Components, load_clip_processor
 
 MODES = ("i2t", "t2i", "joint", "i2t2i", "t2i2t")
 
@@ -39,7 +39,7 @@ class ClipScorer:
     def __init__(self, path: str | Path, device: str = "cpu"):
         self.device = torch.device(device)
         self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
-        self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+        self.processor = load_clip_processor(path)
 
     @torch.no_grad()
     def scores(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
-from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer, GPT2Tokenizer
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer, GPT2Tokenizer
 
 from unidiffuser.caption_decoder import CaptionDecoder
 from unidiffuser.tiny import MODEL_INDEX
@@ -35,8 +35,8 @@ def save_tokenizer(tokenizer: CLIPTokenizer | GPT2Tokenizer, folder: Path) -> No
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
-def image_processor(resolution: int) -> CLIPImageProcessor:
-    return CLIPImageProcessor(
+def image_processor(resolution: int) -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(
         size={"shortest_edge": resolution}, crop_size={"height": resolution, "width": resolution}
     )
 
