@@ -81,7 +81,7 @@ def main() -> None:
         "model": {"checkpoint": str(checkpoint), "mode": "t2i", "steps": args.steps},
         "output": {"uri": str(work / "pipeline"), "formats": ["parquet"], "shard_size": args.shard_size,
                    "image_format": "png"},
-        "resources": {"batch_size": args.batch, "cpus_per_actor": 1, "preprocess_cpus": 0.5},
+        "resources": {"batch_size": args.batch, "cpus_per_actor": 1, "writer_cpus": 0.5, "preprocess_cpus": 0.5},
     })  # fmt: skip
     start = time.perf_counter()
     report = run_pipeline(config, progress=False)

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobs.spec import SpecError, load_spec
+from unidiffuser.locations import redact
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig
@@ -50,33 +51,42 @@ def _checked(args: argparse.Namespace, failure: str) -> PipelineConfig:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _checked(args, "spec is valid but not runnable")
-    print(f"ok: {args.spec} ({config.model.mode.value}, {config.input.kind} -> {config.output.uri})")
+    print(f"ok: {args.spec} ({config.model.mode.value}, {config.input.kind} -> {redact(config.output.uri)})")
     if args.plan:
-        import ray
-
+        from jobs.local_ray import connect
         from pipelines.resume import plan_run
-        from pipelines.run import plan_input
+        from pipelines.run import check_cluster_fits, plan_job_input
 
-        ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=args.verbose)
-        print(f"plan: {plan_run(config, plan_input(config)).describe()}")
+        connect(os.environ.get("RAY_ADDRESS"), log_to_driver=args.verbose)
+        _fits(check_cluster_fits, config)
+        print(f"plan: {plan_run(config, plan_job_input(config)).describe()}")
     return 0
+
+
+def _fits(check: Callable[[PipelineConfig], None], config: PipelineConfig) -> None:
+    from pipelines.run import ClusterTooSmallError
+
+    try:
+        check(config)
+    except ClusterTooSmallError as exc:
+        raise CommandError(f"cannot run: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _checked(args, "cannot run")
-    import ray
-
-    from pipelines.run import run_pipeline
+    from jobs.local_ray import connect
+    from pipelines.run import check_cluster_fits, run_pipeline
     from pipelines.writers.summary import outcome_line
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=args.verbose)
+    connect(os.environ.get("RAY_ADDRESS"), log_to_driver=args.verbose)
+    _fits(check_cluster_fits, config)
     report = run_pipeline(config, progress=not args.quiet)
-    s = report.summary
+    s, output = report.summary, redact(config.output.uri)
     if not report.did_model_work:
-        print(f"nothing to do: all {report.units_total} units of {config.output.uri} were already committed")
+        print(f"nothing to do: all {report.units_total} units of {output} were already committed")
     print(
-        f"{config.name}: {outcome_line(s)} in {s['wall_time_s']:.1f}s ({report.units_run} units run, "
-        f"{report.units_skipped} skipped) -> {config.output.uri}"
+        f"{config.name}: {outcome_line(s)} in {s['run']['wall_time_s']:.1f}s ({report.units_run} units run, "
+        f"{report.units_skipped} skipped) -> {output}"
     )
     return 0
 
@@ -154,7 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     def with_spec(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("spec", help="job spec YAML")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a spec key (YAML value); relative paths given here are relative to the current "
+            "folder, those inside the spec file to the spec's folder",
+        )
         return p
 
     p = with_spec("run", "run a job on the local Ray or the one RAY_ADDRESS names (resumes committed units)")

@@ -86,21 +86,20 @@ def write_demo_inputs(folder: Path = DEMO_INPUTS, seed: int = 0) -> None:
 
 def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
     """Run both demo jobs into ``out`` and print what each made."""
-    import ray
-
     from jobs.inspect_output import inspect_output
+    from jobs.local_ray import connect
     from jobs.spec import load_spec
     from pipelines.run import run_pipeline
     from pipelines.writers.summary import outcome_line
 
     out = out.resolve()
     checkpoint, clip = prepare_models(model, out / "models")
-    ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+    connect(None, log_to_driver=False, include_dashboard=False)
     for name in DEMO_SPECS:
         job = Path(name).stem.removeprefix("demo-")
-        overrides = [f"model.checkpoint={checkpoint}", f"clip.model={clip}", f"output.uri={out / job}"]
+        overrides = [f"output.uri={out / job}"]
         if model == "tiny":  # random models: no meaningful scores to filter on
-            overrides.append("clip.min_score=-1.0")
+            overrides += [f"model.checkpoint={checkpoint}", f"clip.model={clip}", "clip.min_score=-1.0"]
         config = load_spec(SPECS / name, overrides)
         report = run_pipeline(config, progress=not quiet)
         s = report.summary

@@ -1,65 +1,66 @@
-"""Pre-flight checks before any GPU work: the spec is valid and every location it names is reachable."""
+"""Pre-flight checks before any GPU work: the spec is valid and every location it names is reachable and usable
+(the checkpoint's configs parse and its weight files are whole, judged from their headers without loading).
+Each problem is one line naming the key and the location, credentials never shown."""
 
 from __future__ import annotations
 
 import uuid
 
-import fsspec
-
-from pipelines.config import PipelineConfig
-from unidiffuser.checkpoint import read_checkpoint_resolution
-
-
-def _fs(uri: str, options: dict):
-    return fsspec.core.url_to_fs(uri.removeprefix("file://") if uri.startswith("file://") else uri, **options)
+from pipelines.config import InputKind, PipelineConfig
+from unidiffuser.checkpoint import checkpoint_problems, read_checkpoint_resolution, resolution_problem
+from unidiffuser.locations import describe_error, open_location, redact
 
 
 def check_input(config: PipelineConfig, options: dict) -> list[str]:
     spec = config.input
-    if spec.kind == "count":
+    if spec.kind == InputKind.COUNT or spec.uri is None:
         return []
+    shown = redact(spec.uri)
     try:
-        fs, path = _fs(spec.uri, options)
+        fs, path = open_location(spec.uri, options)
         found = bool(fs.glob(path)) if any(ch in path for ch in "*?[") else fs.exists(path)
     except Exception as exc:  # any storage error is a reachability problem to report
-        return [f"input.uri: cannot reach {spec.uri}: {type(exc).__name__}: {exc}"]
-    return [] if found else [f"input.uri: nothing found at {spec.uri}"]
+        return [f"input.uri: cannot reach {shown}: {describe_error(exc)}"]
+    return [] if found else [f"input.uri: nothing found at {shown}"]
 
 
 def check_checkpoint(config: PipelineConfig, options: dict) -> list[str]:
+    uri = config.model.checkpoint
     try:
-        resolution = read_checkpoint_resolution(config.model.checkpoint, storage_options=options)
+        problems = checkpoint_problems(uri, storage_options=options)
+        if problems:
+            return [f"model.checkpoint: {p}" for p in problems]
+        resolution = read_checkpoint_resolution(uri, storage_options=options)
     except Exception as exc:
-        return [f"model.checkpoint: {exc}"]
-    wanted = config.model.resolution
-    if wanted is not None and wanted != resolution:
-        return [f"model.resolution: {wanted} does not match the checkpoint ({resolution} px)"]
-    return []
+        return [f"model.checkpoint: cannot reach {redact(uri)}: {describe_error(exc)}"]
+    problem = resolution_problem(config.model.resolution, resolution)
+    return [] if problem is None else [f"model.resolution: {problem}"]
 
 
 def check_clip(config: PipelineConfig, options: dict) -> list[str]:
-    if not config.clip.enabled:
+    if not config.clip.enabled or config.clip.model is None:
         return []
+    shown = redact(config.clip.model)
     try:
-        fs, path = _fs(config.clip.model, options)
+        fs, path = open_location(config.clip.model, options)
         if not fs.exists(f"{path.rstrip('/')}/config.json"):
-            return [f"clip.model: no config.json in {config.clip.model}"]
+            return [f"clip.model: no config.json in {shown}"]
     except Exception as exc:
-        return [f"clip.model: cannot reach {config.clip.model}: {type(exc).__name__}: {exc}"]
+        return [f"clip.model: cannot reach {shown}: {describe_error(exc)}"]
     return []
 
 
 def check_output(config: PipelineConfig, options: dict) -> list[str]:
     """The output location accepts a write (a probe file is written and removed)."""
     try:
-        fs, path = _fs(config.output.uri, options)
+        fs, path = open_location(config.output.uri, options)
         probe = f"{path.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
         fs.makedirs(path, exist_ok=True)
         with fs.open(probe, "wb") as f:
             f.write(b"ok")
         fs.rm(probe)
     except Exception as exc:
-        return [f"output.uri: cannot write to {config.output.uri}: {type(exc).__name__}: {exc}"]
+        return [f"output.uri: cannot write to {redact(config.output.uri)}: {describe_error(exc)}"]
     return []
 
 

@@ -8,27 +8,52 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from unidiffuser.config import Mode
+from pipelines.writers.formats import OutputFormatName
+from pipelines.writers.shard_image import CaptionImage
+from unidiffuser.config import Mode, ModeInput, SamplingConfig
 
-PIPELINE_MODES = (Mode.T2I, Mode.I2T, Mode.JOINT, Mode.IMAGE, Mode.TEXT, Mode.I2T2I, Mode.T2I2T)
-INPUT_KIND_FOR_MODE = {
-    Mode.T2I: "prompts",
-    Mode.T2I2T: "prompts",
-    Mode.I2T: "images",
-    Mode.I2T2I: "images",
-    Mode.JOINT: "count",
-    Mode.IMAGE: "count",
-    Mode.TEXT: "count",
+
+class InputKind(StrEnum):
+    """What a job's records are made from."""
+
+    PROMPTS = "prompts"
+    IMAGES = "images"
+    COUNT = "count"
+
+
+INPUT_KIND_OF: dict[ModeInput, InputKind] = {
+    ModeInput.TEXT: InputKind.PROMPTS,
+    ModeInput.IMAGE: InputKind.IMAGES,
+    ModeInput.NOTHING: InputKind.COUNT,
 }
-OutputFormat = Literal["parquet", "webdataset", "embeddings"]
+"""The input kind a mode's records come from (``Mode.input`` in the engine's words)."""
+
+PIPELINE_MODES = tuple(mode for mode in Mode if mode.input in INPUT_KIND_OF)
+
+
+def input_kind(mode: Mode) -> InputKind:
+    """The input kind ``mode`` reads (pipeline modes only)."""
+    return INPUT_KIND_OF[mode.input]
+
+
+class IsLocation:
+    """Marks a spec field holding a location (path or URI): relative local paths in a spec file are resolved
+    against the spec's folder, those given on the command line against the current folder (jobs/spec.py)."""
+
+
+Location = Annotated[str, IsLocation()]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A spec section: unknown keys are errors, and numbers and booleans are taken only as themselves
+    (``steps: true`` is refused, not read as 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StorageSpec(_Strict):
@@ -59,8 +84,8 @@ class StorageSpec(_Strict):
 class InputSpec(_Strict):
     """What to read: prompt files, image collections, or a count of records made from nothing."""
 
-    kind: Literal["prompts", "images", "count"] = Field(description="what the records are made from")
-    uri: str | None = Field(None, description="file, folder or glob; local, file://, s3://, gs://, ...")
+    kind: InputKind = Field(strict=False, description="what the records are made from")
+    uri: Location | None = Field(None, description="file, folder or glob; local, file://, s3://, gs://, ...")
     field: str | None = Field(None, description="column / JSON field holding the prompt (or image bytes)")
     count: int | None = Field(None, ge=1, description="number of records for kind=count")
     keep_fields: list[str] = Field(
@@ -72,30 +97,23 @@ class InputSpec(_Strict):
 
     @model_validator(mode="after")
     def _needs(self) -> InputSpec:
-        if self.kind == "count" and self.count is None:
+        if self.kind == InputKind.COUNT and self.count is None:
             raise ValueError("input.count is required when input.kind is 'count'")
-        if self.kind != "count" and not self.uri:
+        if self.kind != InputKind.COUNT and not self.uri:
             raise ValueError(f"input.uri is required when input.kind is '{self.kind}'")
-        if self.keep_fields and self.kind == "count":
+        if self.keep_fields and self.kind == InputKind.COUNT:
             raise ValueError("input.keep_fields needs input records: kind 'count' has no fields to keep")
         return self
 
 
-class ModelSpec(_Strict):
-    """Which checkpoint and how to sample (see unidiffuser.EngineConfig for the meaning of each)."""
+class ModelSpec(_Strict, SamplingConfig):
+    """Which checkpoint and how to sample (the sampling keys are unidiffuser.SamplingConfig's)."""
 
-    checkpoint: str = Field(description="diffusers-layout checkpoint folder or fsspec URI")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    checkpoint: Location = Field(description="diffusers-layout checkpoint folder or fsspec URI")
     model_id: str | None = Field(None, description="name written to every output row (default: checkpoint)")
-    mode: Mode = Field(Mode.T2I, description="one of t2i, i2t, joint, image, text, i2t2i, t2i2t")
-    steps: int = Field(50, ge=1, le=1000, description="DPM-Solver++ steps")
-    guidance_scale: float = Field(7.0, ge=0.0, description="classifier-free guidance; <= 1 disables it")
-    t2i_cfg_mode: Literal["true_uncond", "empty_token"] = Field(
-        "true_uncond", description="t2i's unconditional branch: text at max noise, or the empty prompt"
-    )
-    data_type: Literal[0, 1] = Field(1, description="v1 checkpoints: 1 = the v1 data, 0 = LAION-like")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype")
-    resolution: int | None = Field(None, gt=0, description="must match the checkpoint if given")
-    compile: bool = Field(False, description="torch.compile the U-ViT")
+    mode: Mode = Field(Mode.T2I, strict=False, description=f"one of {', '.join(PIPELINE_MODES)}")
     samples_per_input: int = Field(
         1,
         ge=1,
@@ -103,9 +121,6 @@ class ModelSpec(_Strict):
         description="records drawn per prompt or image, each with its own seed (key "
         "`{key}_{i}`); with clip.keep_best, best-of-n generation",
     )
-    caption_beams: int = Field(5, ge=1, description="beam width of caption decoding")
-    caption_max_tokens: int = Field(67, ge=1, description="longest caption, in tokens")
-    max_image_pixels: int = Field(89_478_485, gt=0, description="larger input images are errors (bomb guard)")
 
     @field_validator("mode")
     @classmethod
@@ -116,18 +131,14 @@ class ModelSpec(_Strict):
             )
         return mode
 
-    def engine_config(self, *, device: str, batch_size: int) -> dict[str, Any]:
-        """Keyword arguments for ``unidiffuser.EngineConfig``."""
-        keys = ("mode", "steps", "guidance_scale", "t2i_cfg_mode", "data_type", "dtype", "resolution", "compile",
-                "caption_beams", "caption_max_tokens", "max_image_pixels")  # fmt: skip
-        return {**{k: getattr(self, k) for k in keys}, "device": device, "batch_size": batch_size}
-
 
 class ClipSpec(_Strict):
     """CLIP scoring and filtering of the outputs."""
 
     enabled: bool = Field(True, description="score (and filter) the outputs")
-    model: str | None = Field(None, description="CLIP folder or URI (openai/clip-vit-large-patch14 layout)")
+    model: Location | None = Field(
+        None, description="CLIP folder or URI (openai/clip-vit-large-patch14 layout)"
+    )
     min_score: float | None = Field(None, description="reject records scoring below (cosine similarity)")
     max_score: float | None = Field(
         None, description="reject records scoring above (e.g. text rendered in image)"
@@ -152,8 +163,8 @@ class ClipSpec(_Strict):
 class OutputSpec(_Strict):
     """Where and how shards are written."""
 
-    uri: str = Field(description="output folder; local, file://, s3://, ...")
-    formats: list[OutputFormat] = Field(
+    uri: Location = Field(description="output folder; local, file://, s3://, ...")
+    formats: list[OutputFormatName] = Field(
         default_factory=lambda: ["parquet", "webdataset"], description="shard formats to write"
     )
     shard_size: int = Field(
@@ -164,8 +175,9 @@ class OutputSpec(_Strict):
     )
     image_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="encoding of written images")
     image_quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality")
-    caption_image: Literal["source", "model_input", "none"] = Field(
-        "source",
+    caption_image: CaptionImage = Field(
+        CaptionImage.SOURCE,
+        strict=False,
         description="i2t: the image written with each caption: the input file as read (`source`; JPEG, PNG and "
         "WebP unchanged, other formats re-encoded at their own size), the resized, center-cropped model input "
         "(`model_input`), or no image (`none`)",
@@ -180,7 +192,9 @@ class OutputSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    """How the work is spread over the cluster."""
+    """How the work is spread over the cluster. Every stage but read + preprocess runs in actors whose
+    resources are reserved when the job starts, so the writers always have the CPUs to commit each unit
+    as soon as it is judged."""
 
     actors: int = Field(1, ge=1, description="UniDiffuser actors (one engine each)")
     gpus_per_actor: float = Field(0.0, ge=0.0, description="0 runs on CPU")
@@ -189,14 +203,17 @@ class ResourcesSpec(_Strict):
     clip_actors: int = Field(1, ge=1, description="CLIP scorer actors")
     clip_gpus_per_actor: float = Field(0.0, ge=0.0, description="may be fractional to share a GPU")
     clip_cpus_per_actor: float = Field(1.0, gt=0.0, description="CPUs reserved per CLIP actor")
-    preprocess_cpus: float = Field(1.0, gt=0.0, description="CPUs per preprocess / write task")
+    writers: int = Field(1, ge=1, description="writer actors (encode, write and commit units)")
+    writer_cpus: float = Field(1.0, gt=0.0, description="CPUs reserved per writer actor")
+    preprocess_cpus: float = Field(1.0, gt=0.0, description="CPUs per read + preprocess task")
 
     def cpus_needed(self, *, clip: bool) -> float:
-        """CPUs the pipeline holds at once: every actor plus one preprocess/write task."""
-        actors = self.actors * self.cpus_per_actor
+        """CPUs the pipeline holds at once: every actor plus one read + preprocess task."""
+        actors = self.actors * self.cpus_per_actor + self.writers * self.writer_cpus
         return actors + (self.clip_actors * self.clip_cpus_per_actor if clip else 0.0) + self.preprocess_cpus
 
     def gpus_needed(self, *, clip: bool) -> float:
+        """GPUs the pipeline's actors hold."""
         return self.actors * self.gpus_per_actor + (
             self.clip_actors * self.clip_gpus_per_actor if clip else 0.0
         )
@@ -216,17 +233,17 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _mode_matches_input(self) -> PipelineConfig:
-        wanted = INPUT_KIND_FOR_MODE[self.model.mode]
+        wanted = input_kind(self.model.mode)
         if self.input.kind != wanted:
             raise ValueError(
-                f"model.mode {self.model.mode.value!r} needs input.kind {wanted!r}, got {self.input.kind!r}"
+                f"model.mode '{self.model.mode}' needs input.kind '{wanted}', got '{self.input.kind}'"
             )
         return self
 
     @model_validator(mode="after")
     def _samples(self) -> PipelineConfig:
         samples, keep = self.model.samples_per_input, self.clip.keep_best
-        if samples > 1 and self.input.kind == "count":
+        if samples > 1 and self.input.kind == InputKind.COUNT:
             raise ValueError("model.samples_per_input applies to prompts and images; for input.kind 'count' "
                              "raise input.count instead")  # fmt: skip
         if keep is not None and not self.clip.enabled:

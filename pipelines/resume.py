@@ -87,7 +87,7 @@ def plan_run(config: PipelineConfig, planned: PlannedInput) -> RunPlan:
     keep = frozenset(
         u
         for u, m in markers.items()
-        if m.get("fingerprint") == fingerprint and (m.get("records"), m.get("input")) == expected.get(u)
+        if m.fingerprint == fingerprint and (m.records, m.input) == expected.get(u)
     )
     return RunPlan(
         planned=planned,

@@ -1,10 +1,11 @@
 """Build and run one job as a streaming Ray Data pipeline, then account for every input.
 
-    reader (one block per unit) -> preprocess (CPU tasks) -> generate (engine actors) -> CLIP score (actors)
-    -> filter -> write + commit (CPU tasks) -> _summary.json
+    read + preprocess (CPU tasks, one per unit) -> generate (engine actors) -> CLIP score (actors)
+    -> filter + write + commit (writer actors) -> _summary.json
 
 Units this job already committed under the output are skipped, so re-running a job resumes it; units of
-another configuration are redone and units outside the plan removed.
+another configuration are redone and units outside the plan removed. Every stage after preprocess runs in
+actors whose resources are reserved when the job starts, so a unit is committed as soon as it is judged.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from typing import Any
 import ray
 from ray.data import ActorPoolStrategy
 
-from pipelines.config import PipelineConfig
-from pipelines.readers import PlannedInput, plan_count, plan_images, plan_prompts
+from pipelines.config import InputKind, PipelineConfig
+from pipelines.readers import PlannedInput, plan_input
 from pipelines.resume import RunPlan, plan_run, retire_units
-from pipelines.stages.filter import filter_batch
+from pipelines.stages.filter import FilterSpec
 from pipelines.stages.generate import GenerateStage
 from pipelines.stages.preprocess import preprocess_batch
 from pipelines.stages.score import ClipScoreStage
-from pipelines.stages.write import keeps_source_images, output_spec, write_batch
+from pipelines.stages.write import WriteStage, output_spec
 from pipelines.versions import versions
-from pipelines.writers.summary import write_summary
+from pipelines.writers.summary import RunWork, write_summary
 from unidiffuser.checkpoint import read_checkpoint_resolution
 
 log = logging.getLogger(__name__)
@@ -48,30 +49,25 @@ class RunReport:
         return self.units_run > 0
 
 
-def plan_input(config: PipelineConfig) -> PlannedInput:
-    """Plan the job's input into units of ``output.shard_size`` records."""
-    spec, size = config.input, config.output.shard_size
-    options = config.storage.storage_options()
-    if spec.kind == "prompts":
-        return plan_prompts(
-            spec.uri, field=spec.field, unit_size=size, storage_options=options, keep_fields=spec.keep_fields
-        )
-    if spec.kind == "images":
-        return plan_images(
-            spec.uri, unit_size=size, column=spec.field, storage_options=options, keep_fields=spec.keep_fields
-        )
-    return plan_count(spec.count, unit_size=size)
+def plan_job_input(config: PipelineConfig) -> PlannedInput:
+    """Plan the job's input into units of ``output.shard_size`` inputs."""
+    return plan_input(
+        config.input, unit_size=config.output.shard_size, storage_options=config.storage.storage_options()
+    )
 
 
 def build_dataset(
     config: PipelineConfig, plan: RunPlan, *, generate_cls: Callable[..., Any] = GenerateStage
 ) -> ray.data.Dataset:
-    """The pipeline over the units ``plan`` runs, as a lazy Ray Dataset of per-unit count rows. Its actors
-    load the model versions the plan was made with, and each marker records the plan's fingerprint."""
+    """The pipeline over the units ``plan`` runs, as a lazy Ray Dataset of one count row per unit. Its actors
+    load the model versions the plan was made with, and each marker records the plan's fingerprint.
+
+    Ray Data restarts a crashed actor and retries its unit (its default for actor pools: max_restarts=-1,
+    max_task_retries=-1), and a rewritten unit overwrites the same files.
+    """
     res = config.resources
-    # every stage maps rows 1:1; Ray Data restarts a crashed actor and retries its unit (its default for
-    # actor pools: max_restarts=-1, max_task_retries=-1), and a rewritten unit overwrites the same files
-    one_to_one = {"batch_size": None, "batch_format": "pandas", "udf_modifying_row_count": False}
+    one_block = {"batch_size": None, "batch_format": "pandas"}  # a unit is one block, one call
+    one_to_one = one_block | {"udf_modifying_row_count": False}
     resolution = read_checkpoint_resolution(
         config.model.checkpoint, storage_options=config.storage.storage_options()
     )
@@ -83,14 +79,14 @@ def build_dataset(
     samples = config.model.samples_per_input
     ds = ds.map_batches(
         preprocess_batch,
-        **one_to_one | {"udf_modifying_row_count": samples > 1},  # it draws the samples of each input
+        **one_block | {"udf_modifying_row_count": samples > 1},  # it draws the samples of each input
         **task,
         fn_kwargs={
             "job_seed": config.seed,
             "input_kind": config.input.kind,
             "resolution": resolution,
             "max_image_pixels": config.model.max_image_pixels,
-            "keep_source_images": keeps_source_images(config),
+            "keep_source_images": config.output.caption_image.keeps_source(config.model.mode),
             "samples_per_input": samples,
         },
     )
@@ -113,33 +109,21 @@ def build_dataset(
             num_gpus=res.clip_gpus_per_actor,
             num_cpus=res.clip_cpus_per_actor,
         )
-    ds = ds.map_batches(
-        filter_batch,
-        **one_to_one,
-        fn_kwargs={
-            "min_score": config.clip.min_score,
-            "max_score": config.clip.max_score,
-            "keep_best": config.clip.keep_best,
-        },
-    )
+    output = output_spec(config, plan.fingerprint, {u.index: u.input_hash for u in plan.to_run_units()})
     return ds.map_batches(
-        write_batch,
-        **one_to_one,
-        num_cpus=res.preprocess_cpus,
-        fn_kwargs={
-            "output": output_spec(
-                config, plan.fingerprint, {u.index: u.input_hash for u in plan.to_run_units()}
-            ),
-            "caption_image": config.output.caption_image,
-        },
+        WriteStage,
+        **one_block | {"udf_modifying_row_count": True},  # a unit's rows in, one row of its counts out
+        fn_constructor_args=(output, config.output.caption_image, FilterSpec.of(config)),
+        compute=ActorPoolStrategy(size=res.writers),
+        num_cpus=res.writer_cpus,
     )
 
 
 def preprocess_memory(config: PipelineConfig, resolution: int) -> int:
     """Bytes a read + preprocess task reserves: a base for the interpreter and libraries, plus, for image
     inputs, each record's model-resolution pixels and its source file (estimated at the same size)."""
-    base = 128 << 20
-    if config.input.kind != "images":
+    base = 384 << 20  # a worker with torch, PIL and pyarrow loaded uses about 270 MiB before any record
+    if config.input.kind != InputKind.IMAGES:
         return base
     records = config.output.shard_size * config.model.samples_per_input
     return base + records * resolution * resolution * 3 * 2
@@ -150,7 +134,8 @@ class ClusterTooSmallError(RuntimeError):
 
 
 def check_cluster_fits(config: PipelineConfig) -> None:
-    """Fail fast, with the numbers, when the job's actors and one task cannot all be placed at once."""
+    """Fail fast, with the numbers, when the job's actors (writers included) and one read + preprocess task
+    cannot all be placed at once."""
     available = ray.cluster_resources()
     clip = config.clip.enabled
     needs = {"CPU": config.resources.cpus_needed(clip=clip), "GPU": config.resources.gpus_needed(clip=clip)}
@@ -160,7 +145,8 @@ def check_cluster_fits(config: PipelineConfig) -> None:
             f"{k}: needs {v:g}, cluster has {available.get(k, 0.0):g}" for k, v in short.items()
         )
         raise ClusterTooSmallError(
-            f"the cluster cannot run this job ({detail}); lower resources.actors / *cpus* / *gpus*, or add nodes"
+            f"the cluster cannot run this job ({detail}: the engine, CLIP and writer actors plus one read + "
+            "preprocess task); lower resources.actors / *cpus* / *gpus* / writers, or add nodes"
         )
 
 
@@ -170,14 +156,14 @@ def run_pipeline(
     """Run the job to completion on the current Ray cluster (started locally if none) and write the summary.
 
     Raises ``pipelines.writers.summary.AccountingError`` unless every record (each sample of each input) is
-    written, rejected or errored.
+    written, rejected or errored, under a unique key.
     """
     started = time.perf_counter()
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False)
     check_cluster_fits(config)
     options = config.storage.storage_options()
-    planned = plan_input(config)
+    planned = plan_job_input(config)
     plan = plan_run(config, planned)
     log.info("plan: %s", plan.describe())
     if plan.stale:
@@ -186,10 +172,8 @@ def run_pipeline(
         log.warning("removing units %s: committed by an earlier run, not in this job's plan", plan.outside)
     retire_units(config.output.uri, plan.outside, options)
     samples = config.model.samples_per_input
-    done = plan.keep
-    todo = plan.to_run
     stats = ""
-    if todo == 0:
+    if plan.to_run == 0:
         log.info("all %d units already committed: no model work to do", planned.num_units)
     else:
         ds = build_dataset(config, plan, generate_cls=generate_cls)
@@ -201,23 +185,32 @@ def run_pipeline(
                 {k: row[k] for k in ("written", "rejected", "errored")},
             )
         stats = ds.stats()
+    work = RunWork(
+        wall_time_s=time.perf_counter() - started,
+        units_run=plan.to_run,
+        records_run=planned.records_in(u.index for u in plan.to_run_units()) * samples,
+    )
     summary = write_summary(
         config.output.uri,
         inputs=planned.num_records,
         samples_per_input=samples,
         config=config.model_dump(mode="json"),
-        wall_time_s=time.perf_counter() - started,
+        run=work,
         versions=versions(),
         storage_options=options,
         extra={
             "units": planned.num_units,
-            "units_skipped": len(done),
-            "units_run": todo,
+            "units_skipped": len(plan.keep),
+            "units_run": plan.to_run,
             "units_redone": len(plan.stale),  # of units_run: committed before, by another config or input
             "units_removed": len(plan.outside),
             "name": config.name,
         },
     )
     return RunReport(
-        summary=summary, units_total=planned.num_units, units_skipped=len(done), units_run=todo, stats=stats
+        summary=summary,
+        units_total=planned.num_units,
+        units_skipped=len(plan.keep),
+        units_run=plan.to_run,
+        stats=stats,
     )

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
+from fsspec import AbstractFileSystem
 from safetensors.torch import load_file
 from transformers import (
     CLIPImageProcessorPil,
@@ -36,6 +36,7 @@ from transformers import (
 
 from unidiffuser.caption_decoder import CaptionDecoder
 from unidiffuser.file_versions import file_version
+from unidiffuser.locations import describe_error, is_local, local_path, open_location, redact
 from unidiffuser.uvit import UViT, UViTConfig
 
 COMPONENTS = (
@@ -77,14 +78,14 @@ class CheckpointError(FileNotFoundError):
     """A checkpoint location, component or file is missing or unusable."""
 
 
+class CheckpointChangedError(RuntimeError):
+    """A checkpoint pinned by its identity (see ``resolve_checkpoint``) was replaced since it was pinned."""
+
+
 def default_cache_dir() -> Path:
     """``$UNIDIFFUSER_CACHE`` or ``~/.cache/unidiffuser-batch/checkpoints``."""
     root = os.environ.get("UNIDIFFUSER_CACHE") or Path.home() / ".cache" / "unidiffuser-batch"
     return Path(root) / "checkpoints"
-
-
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
 
 
 def checkpoint_identity(uri: str | os.PathLike, *, storage_options: dict[str, Any] | None = None) -> str:
@@ -94,9 +95,7 @@ def checkpoint_identity(uri: str | os.PathLike, *, storage_options: dict[str, An
     node-local cache and goes into a job's output fingerprint (units made by an older checkpoint are redone).
     """
     uri = os.fspath(uri)
-    fs, root = fsspec.core.url_to_fs(
-        uri.removeprefix("file://") if _is_local(uri) else uri, **(storage_options or {})
-    )
+    fs, root = open_location(uri, storage_options)
     root = root.rstrip("/")
     found = fs.find(root, detail=True) if fs.isdir(root) else {}
     files = sorted(
@@ -105,7 +104,7 @@ def checkpoint_identity(uri: str | os.PathLike, *, storage_options: dict[str, An
         if info.get("type") != "directory"
     )
     if not files:
-        raise CheckpointError(f"checkpoint folder not found: {uri}")
+        raise CheckpointError(f"checkpoint folder not found: {redact(uri)}")
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
@@ -124,8 +123,8 @@ def resolve_checkpoint(
     rather than a silent switch to another version in the middle of a job.
     """
     uri = os.fspath(uri)
-    if _is_local(uri):
-        path = Path(uri.removeprefix("file://")).expanduser()
+    if is_local(uri):
+        path = local_path(uri)
         if not path.is_dir():
             raise CheckpointError(f"checkpoint folder not found: {path}")
         if identity is not None:
@@ -146,9 +145,9 @@ def resolve_checkpoint(
             if cached is None and isinstance(exc, CheckpointError):
                 raise
             if cached is None:
-                raise CheckpointError(f"cannot list checkpoint {uri}: {type(exc).__name__}: {exc}") from exc
-            log.warning("cannot list checkpoint %s (%s: %s): using the cached copy %s", uri,
-                        type(exc).__name__, exc, cached)  # fmt: skip
+                raise CheckpointError(f"cannot list checkpoint {redact(uri)}: {describe_error(exc)}") from exc
+            log.warning("cannot list checkpoint %s (%s): using the cached copy %s", redact(uri),
+                        describe_error(exc), cached)  # fmt: skip
             return cached
     target = cache_root / f"{location}-{identity}"
     if (target / _COMPLETE_MARKER).exists():
@@ -163,8 +162,8 @@ def resolve_checkpoint(
 
 def _check_unchanged(uri: str, expected: str, found: str) -> None:
     if found != expected:
-        raise CheckpointError(
-            f"checkpoint {uri} changed since it was pinned (version {expected}, now {found}): "
+        raise CheckpointChangedError(
+            f"checkpoint {redact(uri)} changed since it was pinned (version {expected}, now {found}): "
             "its files were replaced; run again to use the new version throughout"
         )
 
@@ -179,24 +178,107 @@ def read_checkpoint_resolution(
     uri: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
 ) -> int:
     """The checkpoint's image side in pixels, from its unet and vae configs only (no weights are copied)."""
-    uri = os.fspath(uri)
-    fs, root = fsspec.core.url_to_fs(
-        uri.removeprefix("file://") if _is_local(uri) else uri, **(storage_options or {})
-    )
-    configs = {}
-    for name in ("unet", "vae"):
-        path = f"{root.rstrip('/')}/{name}/config.json"
-        if not fs.exists(path):
-            raise CheckpointError(f"missing config file: {uri.rstrip('/')}/{name}/config.json")
-        with fs.open(path, "rb") as f:
-            configs[name] = json.load(f)
-    return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    fs, root = open_location(uri, storage_options)
+    unet = _read_remote_config(fs, root, uri, "unet", ("sample_size",))
+    vae = _read_remote_config(fs, root, uri, "vae", ("block_out_channels",))
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def resolution_problem(wanted: int | None, checkpoint_px: int) -> str | None:
+    """Why an asked-for ``resolution`` cannot run on a checkpoint of ``checkpoint_px`` pixels, or None."""
+    if wanted is None or wanted == checkpoint_px:
+        return None
+    return f"resolution {wanted} does not match the checkpoint ({checkpoint_px} px)"
+
+
+def _read_remote_config(
+    fs: AbstractFileSystem, root: str, uri: str | os.PathLike, component: str, required: tuple[str, ...]
+) -> dict[str, Any]:
+    """``{component}/config.json`` parsed, with every ``required`` key present; CheckpointError naming the
+    file (and the key) otherwise."""
+    shown = f"{redact(os.fspath(uri)).rstrip('/')}/{component}/config.json"
+    path = f"{root.rstrip('/')}/{component}/config.json"
+    if not fs.exists(path):
+        raise CheckpointError(f"missing config file: {shown}")
+    try:
+        config = json.loads(fs.cat_file(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{shown} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{shown} is not a JSON object")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise CheckpointError(f"{shown} lacks {', '.join(repr(k) for k in missing)}")
+    return config
+
+
+def checkpoint_problems(
+    uri: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Every problem of a checkpoint that can be known without loading it: missing components, config files
+    that do not parse, weight files missing or damaged (a safetensors header is read and checked against the
+    file's size: two small reads per file). Each names the file."""
+    fs, root = open_location(uri, storage_options)
+    shown = redact(os.fspath(uri)).rstrip("/")
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        return [f"checkpoint folder not found: {shown}"]
+    problems = []
+    listing = {p[len(root) + 1 :]: info for p, info in fs.find(root, detail=True).items()}
+    for component in COMPONENTS:
+        if not any(name.startswith(f"{component}/") for name in listing):
+            problems.append(
+                f"checkpoint component '{component}' missing: expected folder {shown}/{component}"
+            )
+    for component in ("unet", "vae"):
+        if f"{component}/config.json" in listing:
+            try:
+                _read_remote_config(fs, root, uri, component, _REQUIRED_CONFIG_KEYS[component])
+            except CheckpointError as exc:
+                problems.append(str(exc))
+    for component in _WEIGHTED_COMPONENTS:
+        names = [f"{component}/{name}" for name in WEIGHT_FILES if f"{component}/{name}" in listing]
+        if not names and any(name.startswith(f"{component}/") for name in listing):
+            problems.append(f"no weights in {shown}/{component}: expected one of {', '.join(WEIGHT_FILES)}")
+        if names:
+            problem = _weight_file_problem(fs, f"{root}/{names[0]}", int(listing[names[0]].get("size") or 0))
+            if problem:
+                problems.append(f"{shown}/{names[0]}: {problem}")
+    return problems
+
+
+_REQUIRED_CONFIG_KEYS = {"unet": ("sample_size",), "vae": ("block_out_channels",)}
+_WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder", "image_encoder", "text_decoder")
+
+
+def _weight_file_problem(fs: AbstractFileSystem, path: str, size: int) -> str | None:
+    """Why a weight file cannot be loaded, judged from its header and size, or None."""
+    if size == 0:
+        return "empty file"
+    if not path.endswith(".safetensors"):
+        return None  # torch pickles have no cheap header to check
+    with fs.open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated ({size} bytes): no safetensors header"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"truncated or not safetensors: header of {length} bytes in a {size}-byte file"
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "invalid safetensors header (not JSON)"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and "data_offsets" in v]
+    needed = 8 + length + max(ends, default=0)
+    if needed > size:
+        return f"truncated: tensors need {needed} bytes, the file has {size}"
+    return None
 
 
 def _download(uri: str, target: Path, storage_options: dict[str, Any], identity: str) -> None:
-    fs, root = fsspec.core.url_to_fs(uri, **storage_options)
+    fs, root = open_location(uri, storage_options)
     if not fs.isdir(root):
-        raise CheckpointError(f"checkpoint folder not found: {uri}")
+        raise CheckpointError(f"checkpoint folder not found: {redact(uri)}")
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         fs.get(root.rstrip("/") + "/", str(staging), recursive=True)
@@ -220,16 +302,25 @@ def _read_config(folder: Path, filename: str = "config.json") -> dict:
     path = folder / filename
     if not path.is_file():
         raise CheckpointError(f"missing config file: {path}")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return config
 
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
     for name in WEIGHT_FILES:
         path = folder / name
         if path.is_file():
-            if path.suffix == ".safetensors":
-                return load_file(path)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                if path.suffix == ".safetensors":
+                    return load_file(path)
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # a damaged file: name it instead of the loader's internals
+                raise CheckpointError(f"cannot load weights {path}: {describe_error(exc)}") from None
     raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from unidiffuser.config import EngineConfig, Mode
-from unidiffuser.convert import build_convert_parser, run_convert
+from unidiffuser.convert import convert_checkpoint
 from unidiffuser.engine import UniDiffuserEngine
 from unidiffuser.results import Result
 from unidiffuser.tiny import CheckpointSizes, write_random_checkpoint, write_tiny_checkpoint
@@ -86,6 +86,49 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``convert`` sub-command's arguments."""
+    parser.description = (
+        "Convert thu-ml's original UniDiffuser files into a diffusers-layout checkpoint folder."
+    )
+    parser.add_argument("--uvit", required=True, help="uvit_v0.pth or uvit_v1.pth")
+    parser.add_argument("--autoencoder", required=True, help="autoencoder_kl.pth")
+    parser.add_argument("--caption-decoder", required=True, help="caption_decoder.pth")
+    parser.add_argument("--clip-text", required=True, help="local copy of openai/clip-vit-large-patch14")
+    parser.add_argument("--clip-image", required=True, help="local copy of openai/clip-vit-base-patch32")
+    parser.add_argument("--gpt2-tokenizer", required=True, help="local copy of the gpt2 tokenizer files")
+    parser.add_argument("--out", required=True, help="output folder (diffusers layout)")
+    parser.add_argument(
+        "--version", type=int, choices=(0, 1), default=None, help="default: read from the U-ViT"
+    )
+    parser.add_argument(
+        "--num-attention-heads", type=int, default=None, help="U-ViT heads (default: width / 64)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Run the conversion; 0 on success, 1 with a message on stderr on bad inputs."""
+    try:
+        path = convert_checkpoint(
+            uvit=args.uvit,
+            autoencoder=args.autoencoder,
+            caption_decoder=args.caption_decoder,
+            clip_text_model=args.clip_text,
+            clip_image_model=args.clip_image,
+            gpt2_tokenizer=args.gpt2_tokenizer,
+            output_dir=args.out,
+            version=args.version,
+            num_attention_heads=args.num_attention_heads,
+            overwrite=args.overwrite,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"convert: error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unidiffuser-engine", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=_sample)
 
     convert = sub.add_parser("convert", help="convert original thu-ml .pth files to the diffusers layout")
-    build_convert_parser(convert)
-    convert.set_defaults(func=run_convert)
+    _add_convert_arguments(convert)
+    convert.set_defaults(func=_convert)
     return parser
 
 

@@ -37,14 +37,12 @@ Key map of the U-ViT (original -> diffusers ``UniDiffuserModel``)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import pickle
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -642,60 +640,3 @@ def convert_checkpoint(
         "wrote UniDiffuser-v%d checkpoint to %s", int(unet_config["use_data_type_embedding"]), output_dir
     )
     return output_dir
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def build_convert_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the ``convert`` sub-command's arguments to ``parser``."""
-    parser.description = (
-        "Convert thu-ml's original UniDiffuser files into a diffusers-layout checkpoint folder."
-    )
-    parser.add_argument("--uvit", required=True, help="uvit_v0.pth or uvit_v1.pth")
-    parser.add_argument("--autoencoder", required=True, help="autoencoder_kl.pth")
-    parser.add_argument("--caption-decoder", required=True, help="caption_decoder.pth")
-    parser.add_argument("--clip-text", required=True, help="local copy of openai/clip-vit-large-patch14")
-    parser.add_argument("--clip-image", required=True, help="local copy of openai/clip-vit-base-patch32")
-    parser.add_argument("--gpt2-tokenizer", required=True, help="local copy of the gpt2 tokenizer files")
-    parser.add_argument("--out", required=True, help="output folder (diffusers layout)")
-    parser.add_argument(
-        "--version", type=int, choices=(0, 1), default=None, help="default: read from the U-ViT"
-    )
-    parser.add_argument(
-        "--num-attention-heads", type=int, default=None, help="U-ViT heads (default: width / 64)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Run the conversion for parsed ``args``; 0 on success, 1 with a message on stderr on bad inputs."""
-    try:
-        path = convert_checkpoint(
-            uvit=args.uvit,
-            autoencoder=args.autoencoder,
-            caption_decoder=args.caption_decoder,
-            clip_text_model=args.clip_text,
-            clip_image_model=args.clip_image,
-            gpt2_tokenizer=args.gpt2_tokenizer,
-            output_dir=args.out,
-            version=args.version,
-            num_attention_heads=args.num_attention_heads,
-            overwrite=args.overwrite,
-        )
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"convert: error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
-
-def main_convert(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m unidiffuser.convert --uvit ... --out DIR``."""
-    parser = argparse.ArgumentParser(prog="unidiffuser-engine convert")
-    build_convert_parser(parser)
-    return run_convert(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_convert())

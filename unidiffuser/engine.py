@@ -18,9 +18,15 @@ import numpy as np
 import torch
 
 from unidiffuser import modes
-from unidiffuser.checkpoint import Components, load_components, read_checkpoint_resolution, resolve_checkpoint
+from unidiffuser.checkpoint import (
+    Components,
+    load_components,
+    read_checkpoint_resolution,
+    resolution_problem,
+    resolve_checkpoint,
+)
 from unidiffuser.codecs import Codecs
-from unidiffuser.config import EngineConfig, EngineConfigError, Mode
+from unidiffuser.config import EngineConfig, EngineConfigError, Mode, ModeInput
 from unidiffuser.inputs import InputError, check_prompt, prepare_image
 from unidiffuser.noise import RecordNoise
 from unidiffuser.results import Result
@@ -83,11 +89,9 @@ class UniDiffuserEngine:
     def _check_config(self, components: Components) -> None:
         cfg = self.config
         problems = []
-        if cfg.resolution is not None and cfg.resolution != components.resolution:
-            problems.append(
-                f"resolution {cfg.resolution} does not match the checkpoint ({components.resolution} px: "
-                f"{components.uvit.config.sample_size} latent x {components.vae_scale_factor})"
-            )
+        resolution = resolution_problem(cfg.resolution, components.resolution)
+        if resolution is not None:
+            problems.append(resolution)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             problems.append(f"device {cfg.device!r} requested but CUDA is not available")
         if (
@@ -343,7 +347,7 @@ class UniDiffuserEngine:
     ) -> list[Result]:
         """Dispatch to the mode's call (``config.mode`` unless given); ``inputs`` is ignored for modes from nothing."""
         mode = Mode(mode or self.config.mode)
-        if mode in (Mode.JOINT, Mode.IMAGE, Mode.TEXT):
+        if mode.input == ModeInput.NOTHING:
             return getattr(self, mode.value)(seeds)
         if inputs is None:
             raise ValueError(f"mode {mode.value} needs inputs")
@@ -355,14 +359,12 @@ def _resolution_problem(uri: str | os.PathLike, resolution: Any, storage_options
     if not isinstance(resolution, int):
         return []
     try:
-        expected = read_checkpoint_resolution(uri, storage_options=storage_options)
-    except (OSError, KeyError, ValueError):
+        problem = resolution_problem(
+            resolution, read_checkpoint_resolution(uri, storage_options=storage_options)
+        )
+    except (OSError, ValueError):
         return []
-    return (
-        []
-        if expected == resolution
-        else [f"resolution {resolution} does not match the checkpoint ({expected} px)"]
-    )
+    return [] if problem is None else [problem]
 
 
 def _chain_result(hops: list[Result], flags: list[str]) -> Result:

@@ -5,12 +5,13 @@ Records have key ``{i:09d}`` (``i`` = 0..n-1), source ``"count"``, no prompt and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import ray.data
 
-from pipelines.readers.units import PlannedInput, Source, plan_units, slice_table
+from pipelines.readers.plan import PlannedInput, ReadOptions, Source, plan_units
+from pipelines.readers.tables import slice_table
 
 COUNT_SOURCE = "count"
 
@@ -24,13 +25,21 @@ def plan_count(n: int, *, unit_size: int) -> PlannedInput:
     """Plan ``n`` records into units of ``unit_size``."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    source = Source(uri=COUNT_SOURCE, path="", name="", kind=COUNT_SOURCE, num_records=n)
-    return PlannedInput(plan_units([source], unit_size), CountReader())
+    source = Source(uri=COUNT_SOURCE, path="", name="", format=Count(), num_records=n)
+    return PlannedInput(plan_units([source], unit_size), ReadOptions())
 
 
 @dataclass(frozen=True)
-class CountReader:
-    """Makes records ``[start, stop)`` of the count pseudo-source (a ``units.SliceReader``)."""
+class Count:
+    """The count pseudo-source: records ``[start, stop)`` made from nothing."""
 
-    def __call__(self, source: Source, start: int, stop: int) -> pa.Table:
-        return slice_table([f"{i:09d}" for i in range(start, stop)], source.uri)
+    name: str = "count"
+
+    def count(self, source: Source, options: ReadOptions, stride: int) -> Source:
+        return replace(source)
+
+    def planned_keys(self, source: Source, start: int, stop: int) -> list[str]:
+        return [f"{i:09d}" for i in range(start, stop)]
+
+    def read(self, source: Source, start: int, stop: int, options: ReadOptions) -> pa.Table:
+        return slice_table(self.planned_keys(source, start, stop), source.uri)

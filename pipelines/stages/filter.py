@@ -1,23 +1,39 @@
-"""Stage 4: keep records whose CLIP score is within bounds and, with ``keep_best``, among the best samples of
-their input; the others become rejected rows with their reason (never dropped)."""
+"""Stage 4 (in the writer actors, just before a unit is written): keep records whose CLIP score is within
+bounds and, with ``keep_best``, among the best samples of their input; the others become rejected rows with
+their reason (never dropped)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import pandas as pd
 
 from pipelines import records as r
+from pipelines.config import PipelineConfig
 
 
-def filter_batch(
-    batch: pd.DataFrame, *, min_score: float | None, max_score: float | None, keep_best: int | None = None
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class FilterSpec:
+    """The job's filter: CLIP score bounds and best-of-n."""
+
+    min_score: float | None = None
+    max_score: float | None = None
+    keep_best: int | None = None
+
+    @classmethod
+    def of(cls, config: PipelineConfig) -> FilterSpec:
+        clip = config.clip
+        return cls(clip.min_score, clip.max_score, clip.keep_best)
+
+
+def filter_batch(batch: pd.DataFrame, spec: FilterSpec) -> pd.DataFrame:
     """Mark ok rows outside [min_score, max_score] as rejected, then, with ``keep_best``, every ok row that
     is not among the ``keep_best`` highest-scoring ok samples of its input (ties: the lower sample first).
 
     A unit holds all samples of its inputs (preprocess draws them inside the unit), so ranking per batch
     is ranking per input."""
+    min_score, max_score, keep_best = spec.min_score, spec.max_score, spec.keep_best
     out = batch.copy()
     status, reasons = out[r.STATUS].tolist(), out[r.REASON].tolist()
     scores = out[r.CLIP_SCORE].tolist() if r.CLIP_SCORE in out else [None] * len(out)

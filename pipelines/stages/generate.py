@@ -1,7 +1,8 @@
 """Stage 2, the actor pool: one UniDiffuser engine per actor, loaded once, fed one unit (block) per call.
 
 The engine micro-batches inside the unit (``resources.batch_size``); per-record engine errors become error
-rows with their reason. Every row leaves with the paired image/text that the scorer and writers use.
+rows with their reason. Every row leaves with its generated image and caption (what the mode makes) and the
+text paired with its image.
 """
 
 from __future__ import annotations
@@ -13,20 +14,11 @@ import pandas as pd
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
-from pipelines.stages.pixels import from_bytes, to_bytes
+from pipelines.pixels import from_bytes, to_bytes
 from unidiffuser import EngineConfig, Mode, Result, UniDiffuserEngine
+from unidiffuser.config import ModeInput
 
 log = logging.getLogger(__name__)
-TEXT_IN, IMAGE_IN, NOTHING_IN = "text", "image", "nothing"
-INPUT_OF_MODE = {
-    Mode.T2I: TEXT_IN,
-    Mode.T2I2T: TEXT_IN,
-    Mode.I2T: IMAGE_IN,
-    Mode.I2T2I: IMAGE_IN,
-    Mode.JOINT: NOTHING_IN,
-    Mode.IMAGE: NOTHING_IN,
-    Mode.TEXT: NOTHING_IN,
-}
 
 
 class GenerateStage:
@@ -36,7 +28,7 @@ class GenerateStage:
         """``checkpoint_identity`` pins the checkpoint version the job was planned with."""
         self.config = config
         engine_config = EngineConfig.build(
-            **config.model.engine_config(device=config.device, batch_size=config.resources.batch_size)
+            **config.model.sampling_values(), device=config.device, batch_size=config.resources.batch_size
         )
         self.engine = UniDiffuserEngine.from_pretrained(
             config.model.checkpoint,
@@ -56,13 +48,11 @@ class GenerateStage:
 
     def _results(self, rows: pd.DataFrame) -> list[Result]:
         seeds = rows[r.SEED].tolist()
-        kind = INPUT_OF_MODE[self.mode]
-        if kind == TEXT_IN:
+        inputs: list | None = None
+        if self.mode.input == ModeInput.TEXT:
             inputs = rows[r.PROMPT].tolist()
-        elif kind == IMAGE_IN:
+        elif self.mode.input == ModeInput.IMAGE:
             inputs = [from_bytes(p) for p in rows[r.PIXELS]]
-        else:
-            inputs = None
         return self.engine.run(inputs, seeds, mode=self.mode)
 
     def _results_or_errors(self, rows: pd.DataFrame) -> list[Result]:
@@ -94,8 +84,6 @@ class GenerateStage:
                 captions[i] = result.text
                 if result.image is not None:
                     images[i] = to_bytes(result.image)
-                elif self.mode == Mode.I2T:  # scored on its prepared image; shards: output.caption_image
-                    images[i] = out[r.PIXELS].iloc[i]
                 flags[i] = flags[i] + [f for f in result.flags if f not in flags[i]]
         out[r.CAPTION] = captions
         out[r.OUT_PIXELS] = images
@@ -106,10 +94,6 @@ class GenerateStage:
 
 
 def _paired_text(mode: Mode, prompt: str | None, caption: str | None) -> str | None:
-    """The text that goes with the record's image in the shards: the prompt for t2i, else the caption
-    (for i2t2i, the input's own caption if the source had one)."""
-    if mode == Mode.T2I:
-        return prompt
-    if mode == Mode.I2T2I:
-        return prompt
-    return caption
+    """The text that goes with the record's image in the shards: the prompt for t2i, the input's own
+    caption (if the source had one) for i2t2i, else the generated caption."""
+    return prompt if mode in (Mode.T2I, Mode.I2T2I) else caption

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pandas as pd
 
 from pipelines import records as r
-from pipelines.stages.pixels import to_bytes
+from pipelines.config import InputKind
+from pipelines.pixels import to_bytes
 from unidiffuser import InputError, derive_seed, prepare_image
 from unidiffuser.inputs import check_prompt
 
@@ -18,7 +19,7 @@ def preprocess_batch(
     batch: pd.DataFrame,
     *,
     job_seed: int,
-    input_kind: str,
+    input_kind: InputKind,
     resolution: int,
     max_image_pixels: int,
     keep_source_images: bool = False,
@@ -32,9 +33,9 @@ def preprocess_batch(
         image, reason, row_flags = None, None if r.missing(read_error) else read_error, []
         if reason is None:
             try:
-                if input_kind == "prompts":
+                if input_kind == InputKind.PROMPTS:
                     check_prompt(getattr(row, r.PROMPT))
-                elif input_kind == "images":
+                elif input_kind == InputKind.IMAGES:
                     prepared = prepare_image(
                         getattr(row, r.IMAGE_BYTES), resolution, max_pixels=max_image_pixels
                     )

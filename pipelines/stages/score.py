@@ -15,7 +15,7 @@ from transformers import CLIPModel
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
-from pipelines.stages.pixels import from_bytes
+from pipelines.pixels import from_bytes
 from unidiffuser import Mode, resolve_checkpoint
 from unidiffuser.checkpoint import load_clip_processor
 
@@ -68,11 +68,10 @@ class ClipScoreStage:
         img_emb: list[np.ndarray | None] = [None] * n
         text_emb: list[np.ndarray | None] = [None] * n
         scores: list[float | None] = [None] * n
-        with_image = [i for i in ok if not r.missing(out[r.OUT_PIXELS].iloc[i])]
+        images = self._judged_images(out)
+        with_image = [i for i in ok if images[i] is not None]
         for i, e in zip(
-            with_image,
-            self._image_embeds([from_bytes(out[r.OUT_PIXELS].iloc[i]) for i in with_image]),
-            strict=True,
+            with_image, self._image_embeds([from_bytes(images[i]) for i in with_image]), strict=True
         ):
             img_emb[i] = e
         with_text = [i for i in ok if not r.missing(out[r.TEXT].iloc[i]) and out[r.TEXT].iloc[i]]
@@ -87,6 +86,14 @@ class ClipScoreStage:
         out[r.TEXT_EMBEDDING] = [None if e is None else e.tolist() for e in text_emb]
         out[r.CLIP_SCORE] = scores
         return out
+
+    def _judged_images(self, out: pd.DataFrame) -> list[bytes | None]:
+        """The image each record is judged by: the generated one, or for captioning the model input the
+        caption was made from."""
+        column = r.OUT_PIXELS if self.mode.makes_image else r.PIXELS if self.mode == Mode.I2T else None
+        if column is None:
+            return [None] * len(out)
+        return [None if r.missing(p) else p for p in out[column]]
 
     def _references(self, out: pd.DataFrame, ok: list[int], text_emb: list) -> dict[int, np.ndarray]:
         """What each record's image (or, for t2i2t, caption) is compared with."""

@@ -1,4 +1,9 @@
-"""Stage 5, CPU tasks: write one unit's shards (ok / rejected / errors) and commit it; emit its counts."""
+"""Stage 5, the writer actors: filter one unit, write its shards (ok / rejected / errors) and commit it; emit
+its counts.
+
+Writers are actors, so the CPUs they need are reserved when the job starts: a unit is committed as soon as it
+is judged, however busy the cluster's other stages keep its CPUs (resume is only worth what is committed).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,11 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from pipelines import records as r
 from pipelines.config import PipelineConfig
-from pipelines.stages.pixels import from_bytes
-from pipelines.writers.unit_writer import OutputSpec, write_unit
-from unidiffuser import Mode
+from pipelines.stages.filter import FilterSpec, filter_batch
+from pipelines.writers.formats import OutputSpec
+from pipelines.writers.shard_image import CaptionImage
+from pipelines.writers.unit_writer import write_unit
 
 _IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
@@ -33,20 +38,27 @@ def output_spec(
     )
 
 
-def keeps_source_images(config: PipelineConfig) -> bool:
-    """Whether preprocess must keep each input file's bytes for the shards (i2t written with its source)."""
-    return config.model.mode == Mode.I2T and config.output.caption_image == "source"
-
-
-def write_batch(batch: pd.DataFrame, *, output: OutputSpec, caption_image: str) -> pd.DataFrame:
+def write_batch(batch: pd.DataFrame, *, output: OutputSpec, caption_image: CaptionImage) -> pd.DataFrame:
     """Write and commit the unit in ``batch``; returns one row with the unit's counts (for progress).
 
-    ``caption_image`` (``output.caption_image``) picks the image of i2t rows: their kept input file
-    (``source``, kept by preprocess), the model input the generate stage paired them with, or none."""
-    rows = batch.copy()
-    if caption_image != "model_input":
-        rows.loc[rows[r.MODE] == Mode.I2T.value, r.OUT_PIXELS] = None
-    rows[r.OUT_PIXELS] = [None if r.missing(p) else from_bytes(p) for p in rows[r.OUT_PIXELS]]
-    marker = write_unit(rows.drop(columns=[r.PIXELS]), output=output)
-    counts = {k: marker[k] for k in ("unit", "records", "written", "rejected", "errored")}
-    return pd.DataFrame([{**counts, "reasons": json.dumps(marker["reasons"])}])
+    ``caption_image`` (``output.caption_image``) picks the image of i2t rows (see ``shard_image``)."""
+    done = write_unit(batch, output=output, caption_image=caption_image)
+    counts = {"unit": done.unit, "records": done.records, "written": done.written, "rejected": done.rejected,
+              "errored": done.errored}  # fmt: skip
+    return pd.DataFrame([{**counts, "reasons": json.dumps(done.reasons)}])
+
+
+class WriteStage:
+    """Callable class for ``Dataset.map_batches``: one writer actor, fed one unit (block) per call. It applies
+    the job's filter (``filter.FilterSpec``: each record's final status is decided here, once) and then writes
+    and commits the unit."""
+
+    def __init__(self, output: OutputSpec, caption_image: CaptionImage, judge: FilterSpec):
+        self.output = output
+        self.caption_image = caption_image
+        self.judge = judge
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return write_batch(
+            filter_batch(batch, self.judge), output=self.output, caption_image=self.caption_image
+        )

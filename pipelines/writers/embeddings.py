@@ -1,4 +1,4 @@
-"""A unit's CLIP embeddings in clip-retrieval's ``clip_inference`` layout.
+"""Format ``embeddings``: a unit's CLIP embeddings in clip-retrieval's ``clip_inference`` layout.
 
 ``img_emb/img_emb_{unit}.npy`` and ``text_emb/text_emb_{unit}.npy`` hold float32 ``[n, d]`` matrices and
 ``metadata/metadata_{unit}.parquet`` holds ``image_path``, ``caption`` (the ``text`` paired with the image)
@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import records as r
+from pipelines.writers import parquet_shards
+from pipelines.writers.formats import OutputSpec, UnitRows
 
 METADATA_SCHEMA = pa.schema(
     [pa.field("image_path", pa.string()), pa.field("caption", pa.string()), pa.field(r.KEY, pa.string())]
@@ -56,3 +58,39 @@ def npy_bytes(matrix: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, matrix, allow_pickle=False)
     return buffer.getvalue()
+
+
+EMBEDDINGS_DIR = "embeddings"
+
+
+class ClipRetrievalEmbeddings:
+    """Format ``embeddings``: ``img_emb`` / ``text_emb`` matrices and their aligned metadata per unit;
+    ``image_path`` is ``{u}.tar/{member}.{ext}`` when the unit's tar holds the image, else the key."""
+
+    name = "embeddings"
+
+    def paths(self, unit: str) -> tuple[str, ...]:
+        return (
+            f"{EMBEDDINGS_DIR}/img_emb/img_emb_{unit}.npy",
+            f"{EMBEDDINGS_DIR}/text_emb/text_emb_{unit}.npy",
+            f"{EMBEDDINGS_DIR}/metadata/metadata_{unit}.parquet",
+        )
+
+    def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
+        img_path, text_path, metadata_path = self.paths(rows.name)
+        ok = rows.ok
+        img = embedding_matrix(ok, r.IMAGE_EMBEDDING) if ok else None
+        text = embedding_matrix(ok, r.TEXT_EMBEDDING) if ok else None
+        in_tar = "webdataset" in output.formats
+        image_paths = [
+            f"{rows.name}.tar/{member}.{row[r.IMAGE_FORMAT]}"
+            if in_tar and row.get(r.IMAGE) is not None
+            else row[r.KEY]
+            for row, member in zip(ok, rows.member_names, strict=True)
+        ]
+        metadata = metadata_table(ok, image_paths) if img is not None or text is not None else None
+        return {
+            img_path: None if img is None else npy_bytes(img),
+            text_path: None if text is None else npy_bytes(text),
+            metadata_path: None if metadata is None else parquet_shards.parquet_bytes(metadata),
+        }

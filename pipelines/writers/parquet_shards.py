@@ -1,4 +1,4 @@
-"""Parquet files of a unit: the output shard, and the rejected and errored records.
+"""Parquet: a unit's output shard (format ``parquet``), and the schemas of its rejected and errored records.
 
 Rows are plain dicts keyed by ``records`` column names (see ``unit_writer``); a missing key is null.
 """
@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import records as r
+from pipelines.writers.formats import OutputSpec, UnitRows
 
 _EMBEDDING = pa.list_(pa.float32())
 
@@ -75,3 +76,24 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
+
+
+SHARDS_DIR = "shards"
+
+
+class ParquetShards:
+    """Format ``parquet``: ``shards/{u}.parquet``, one row per written record (``SHARD_SCHEMA``)."""
+
+    name = "parquet"
+
+    def paths(self, unit: str) -> tuple[str, ...]:
+        return (f"{SHARDS_DIR}/{unit}.parquet",)
+
+    def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
+        (path,) = self.paths(rows.name)
+        return {path: parquet_bytes(rows_table(rows.ok, SHARD_SCHEMA))}
+
+
+def table_file(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes | None:
+    """A parquet file of ``rows``, or None (no file) when there are none."""
+    return parquet_bytes(rows_table(rows, schema)) if rows else None

@@ -11,17 +11,23 @@ import json
 import re
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
 from pipelines import storage
-from pipelines.writers.commit import committed_units
+from pipelines.writers.commit import UnitCommit, committed_units, keys_path, read_key_hashes
+from unidiffuser.locations import redact as redact_uri
 
 SUMMARY_FILE = "_summary.json"
 SECRET_WORDS = frozenset(
     {"key", "keys", "secret", "secrets", "token", "password", "passwd", "credential", "credentials", "auth"}
 )
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
 class AccountingError(RuntimeError):
@@ -41,22 +47,22 @@ def redact(config: Any) -> Any:
     if isinstance(config, (list, tuple)):
         return [redact(v) for v in config]
     if isinstance(config, str):
-        return _URL_USERINFO.sub(r"\g<scheme>", config)
+        return redact_uri(config)
     return config
 
 
 def summarize(
-    markers: Mapping[int, Mapping[str, Any]], *, inputs: int, samples_per_input: int = 1
+    commits: Mapping[int, UnitCommit], *, inputs: int, samples_per_input: int = 1
 ) -> dict[str, Any]:
-    """Totals over unit markers; raises AccountingError unless the records (inputs x samples_per_input)
+    """Totals over unit commits; raises AccountingError unless the records (inputs x samples_per_input)
     equal written + rejected + errored."""
     records = inputs * samples_per_input
-    totals = {name: sum(int(m.get(name, 0)) for m in markers.values()) for name in _COUNTS}
+    totals = {name: sum(getattr(c, name) for c in commits.values()) for name in _COUNTS}
     rejected_reasons: Counter[str] = Counter()
     error_reasons: Counter[str] = Counter()
-    for marker in markers.values():
-        rejected_reasons.update(marker.get("rejected_reasons", {}))
-        error_reasons.update(marker.get("error_reasons", {}))
+    for c in commits.values():
+        rejected_reasons.update(c.rejected_reasons)
+        error_reasons.update(c.error_reasons)
     outcomes = totals["written"] + totals["rejected"] + totals["errored"]
     if outcomes != records or totals["records"] != records:
         expected = f"{inputs} inputs"
@@ -64,7 +70,7 @@ def summarize(
             expected = f"{records} records ({inputs} inputs x {samples_per_input} samples)"
         raise AccountingError(
             f"records are not accounted for: {expected} but {totals['written']} written + {totals['rejected']} rejected + "
-            f"{totals['errored']} errored = {outcomes} over {len(markers)} committed units (which hold "
+            f"{totals['errored']} errored = {outcomes} over {len(commits)} committed units (which hold "
             f"{totals['records']} records); resume the job to finish its remaining units"
         )
     return {
@@ -72,13 +78,49 @@ def summarize(
         "samples_per_input": samples_per_input,
         "records": records,
         **{name: totals[name] for name in _COUNTS if name != "records"},
-        "units": len(markers),
+        "units": len(commits),
         "rejected_reasons": dict(rejected_reasons.most_common()),
         "error_reasons": dict(error_reasons.most_common()),
     }
 
 
 _COUNTS = ("records", "written", "rejected", "errored")
+
+
+def check_unique_keys(fs: AbstractFileSystem, root: str, commits: Mapping[int, UnitCommit]) -> None:
+    """Raise AccountingError unless every record key of the output is unique, across written, rejected and
+    errored rows of every unit (from each unit's key hashes; a shared hash is confirmed on the keys)."""
+    hashes = read_key_hashes(fs, root, commits)
+    missing = sorted(set(commits) - set(hashes))
+    if missing:
+        raise AccountingError(f"units {missing} have no key hashes ({keys_path(missing[0])}): redo them")
+    if not hashes:
+        return
+    units = np.concatenate([np.full(len(h), u) for u, h in hashes.items()])
+    values = np.concatenate(list(hashes.values()))
+    order = np.argsort(values, kind="stable")
+    values, units = values[order], units[order]
+    repeated = np.flatnonzero(values[1:] == values[:-1])
+    if repeated.size == 0:
+        return
+    involved = sorted({int(u) for i in repeated for u in (units[i], units[i + 1])})
+    shared = _shared_keys(fs, root, [commits[u] for u in involved])
+    detail = f"key {shared[0]!r}" if shared else "a key hash"
+    raise AccountingError(
+        f"record keys are not unique: {detail} appears more than once across units {involved}"
+        f"{f' ({len(shared)} keys in all)' if len(shared) > 1 else ''}"
+    )
+
+
+def _shared_keys(fs: AbstractFileSystem, root: str, commits: list[UnitCommit]) -> list[str]:
+    """Keys that appear more than once in the parquet files of ``commits`` (shards, rejected, errors)."""
+    seen: Counter[str] = Counter()
+    for c in commits:
+        for relpath in c.files:
+            if relpath.endswith(".parquet") and not relpath.startswith("embeddings/"):
+                with fs.open(storage.join(root, relpath), "rb") as f:
+                    seen.update(pq.read_table(f, columns=["key"]).column("key").to_pylist())
+    return sorted(k for k, n in seen.items() if n > 1)
 
 
 def outcome_line(summary: Mapping[str, Any]) -> str:
@@ -91,32 +133,65 @@ def outcome_line(summary: Mapping[str, Any]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class RunWork:
+    """What one run of a job did: its wall time and the units and records it generated (skipped units are
+    not work: a resumed run's rate counts only what it made)."""
+
+    wall_time_s: float
+    units_run: int
+    records_run: int
+
+    def to_dict(self) -> dict[str, Any]:
+        rate = self.records_run / self.wall_time_s if self.records_run and self.wall_time_s > 0 else None
+        return {
+            "wall_time_s": round(self.wall_time_s, 3),
+            "units_run": self.units_run,
+            "records_run": self.records_run,
+            "records_per_s": None if rate is None else round(rate, 3),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+
 def write_summary(
     output_uri: str,
     *,
     inputs: int,
     samples_per_input: int = 1,
     config: Mapping[str, Any],
-    wall_time_s: float,
+    run: RunWork,
     versions: Mapping[str, str],
     storage_options: Mapping | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Aggregate all unit markers under ``output_uri`` into ``_summary.json`` and return it.
+    """Aggregate all unit commits under ``output_uri`` into ``_summary.json`` and return it.
 
-    ``config`` is written with secrets removed (see ``redact``). Raises AccountingError, writing nothing,
-    when the committed units do not account for every record (``inputs`` x ``samples_per_input``).
+    The job's totals are checked (every record accounted for, every key unique: AccountingError, writing
+    nothing, otherwise). ``run`` is this run's own work; ``last_work_run`` is the latest run that generated
+    anything (a no-op re-run keeps the previous one). ``config`` is written with secrets removed.
     """
-    markers = committed_units(output_uri, storage_options)
-    summary = summarize(markers, inputs=inputs, samples_per_input=samples_per_input)
+    commits = committed_units(output_uri, storage_options)
+    summary = summarize(commits, inputs=inputs, samples_per_input=samples_per_input)
+    fs, root = storage.open_filesystem(output_uri, storage_options)
+    check_unique_keys(fs, root, commits)
+    this_run = run.to_dict()
+    last_work = this_run if run.units_run else _previous(fs, root).get("last_work_run")
     summary |= {
-        "wall_time_s": round(float(wall_time_s), 3),
-        "records_per_s": round(summary["records"] / wall_time_s, 3) if wall_time_s > 0 else None,
+        "run": this_run,
+        "last_work_run": last_work,
         "versions": dict(versions),
         "config": redact(dict(config)),
         **dict(extra or {}),
     }
-    fs, root = storage.open_filesystem(output_uri, storage_options)
     data = json.dumps(summary, indent=2, sort_keys=False, default=str).encode("utf-8")
     storage.write_bytes(fs, storage.join(root, SUMMARY_FILE), data)
     return summary
+
+
+def _previous(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
+    """The summary an earlier run wrote, or {}."""
+    try:
+        previous = json.loads(storage.read_bytes(fs, storage.join(root, SUMMARY_FILE)))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}

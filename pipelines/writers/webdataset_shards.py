@@ -1,4 +1,4 @@
-"""A unit's webdataset shard in img2dataset layout, and its ``_stats.json``.
+"""Webdataset: a unit's tar shard in img2dataset layout (format ``webdataset``), and img2dataset-style stats.
 
 Each written record is one sample: ``{name}.{jpg|png|webp}`` (when it has an image), ``{name}.txt`` (the
 ``text`` column, when set) and ``{name}.json`` (metadata, always). ``name`` is the record key made safe
@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipelines import records as r
+from pipelines.writers.commit import UnitCommit
+from pipelines.writers.formats import OutputSpec, UnitRows
 
 METADATA_FIELDS = (
     r.KEY,
@@ -91,15 +93,30 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def stats(
-    *, unit: int, records: int, written: int, rejected: int, errored: int, reasons: Mapping[str, int]
-) -> dict:
+def stats(commit: UnitCommit) -> dict[str, Any]:
     """img2dataset-style shard stats: ``count``, ``successes``, failure counts and a ``status_dict``."""
+    reasons = commit.reasons
     return {
-        "unit": unit,
-        "count": records,
-        "successes": written,
-        "failed_to_process": errored,
-        "rejected": rejected,
-        "status_dict": {"success": written, **reasons} if written else dict(reasons),
+        "unit": commit.unit,
+        "count": commit.records,
+        "successes": commit.written,
+        "failed_to_process": commit.errored,
+        "rejected": commit.rejected,
+        "status_dict": {"success": commit.written, **reasons} if commit.written else dict(reasons),
     }
+
+
+SHARDS_DIR = "shards"
+
+
+class WebdatasetShards:
+    """Format ``webdataset``: ``shards/{u}.tar``, one sample per written record (see the module doc)."""
+
+    name = "webdataset"
+
+    def paths(self, unit: str) -> tuple[str, ...]:
+        return (f"{SHARDS_DIR}/{unit}.tar",)
+
+    def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
+        (path,) = self.paths(rows.name)
+        return {path: tar_bytes(rows.ok, rows.member_names)}

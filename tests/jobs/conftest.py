@@ -12,7 +12,12 @@ import yaml
 
 from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
 
-CPU_RESOURCES = {"cpus_per_actor": 0.5, "clip_cpus_per_actor": 0.5, "preprocess_cpus": 0.5}
+CPU_RESOURCES = {
+    "cpus_per_actor": 0.5,
+    "clip_cpus_per_actor": 0.5,
+    "writer_cpus": 0.5,
+    "preprocess_cpus": 0.5,
+}
 
 
 @pytest.fixture(scope="session")

@@ -109,12 +109,50 @@ def test_overrides_set_nested_values_with_yaml_types():
         apply_overrides({"model": 3}, ["model.steps=2"])
 
 
-def test_load_spec_resolves_relative_local_paths(tmp_path: Path):
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**MINIMAL, "model": {"checkpoint": "s3://b/ckpt"}}))
-    config = load_spec(tmp_path / "spec.yaml", ["output.uri=results"])
-    assert config.input.uri == str(tmp_path / "prompts.txt")
-    assert config.output.uri == str(tmp_path / "results")
+def test_load_spec_resolves_relative_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Paths in the spec file are relative to its folder, paths given with --set to the current folder."""
+    folder, elsewhere = tmp_path / "specs", tmp_path / "cwd"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (folder / "spec.yaml").write_text(yaml.safe_dump({**MINIMAL, "model": {"checkpoint": "s3://b/ckpt"}}))
+    monkeypatch.chdir(elsewhere)
+    config = load_spec(
+        folder / "spec.yaml", ["output.uri=results", "clip.model=../clip", "clip.enabled=true"]
+    )
+    assert config.input.uri == str(folder / "prompts.txt")
+    assert config.output.uri == str(elsewhere / "results")
+    assert config.clip.model == str(tmp_path / "clip")
     assert config.model.checkpoint == "s3://b/ckpt"  # URIs are left alone
+    absolute = load_spec(folder / "spec.yaml", [f"output.uri={tmp_path}/abs", "input.uri=file:///x/p.txt"])
+    assert (absolute.output.uri, absolute.input.uri) == (f"{tmp_path}/abs", "file:///x/p.txt")
+
+
+def test_a_key_given_twice_is_an_error_naming_it_and_its_lines(tmp_path: Path):
+    (tmp_path / "twice.yaml").write_text(
+        "input: {kind: prompts, uri: p.txt}\nmodel:\n  checkpoint: c\n  steps: 20\n  steps: 30\noutput: {uri: o}\n"
+    )
+    with pytest.raises(SpecError, match=r"key 'steps' is given twice \(lines 4 and 5\)"):
+        load_spec(tmp_path / "twice.yaml")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("model", "steps", True),
+        ("model", "guidance_scale", "7"),
+        ("output", "shard_size", 2.5),
+        ("clip", "enabled", 1),
+    ],
+)
+def test_numbers_and_booleans_are_taken_only_as_themselves(section: str, key: str, value: object):
+    data = {**MINIMAL, section: {**MINIMAL.get(section, {}), key: value}}
+    assert any(p.startswith(f"{section}.{key}:") for p in _problems(data))
+
+
+def test_an_integer_is_a_valid_float():
+    assert (
+        parse_spec({**MINIMAL, "model": {"checkpoint": "c", "guidance_scale": 3}}).model.guidance_scale == 3.0
+    )
 
 
 def test_load_spec_errors(tmp_path: Path):

@@ -38,7 +38,7 @@ NODE_CPUS = 2
 N_PROMPTS = 32
 SHARD_SIZE = 2  # 16 units
 # two 1.5-CPU actors never share a 2-CPU node; after one worker node is gone, the restarted actor still fits
-RESOURCES = {"actors": 2, "cpus_per_actor": 1.5, "preprocess_cpus": 0.5, "batch_size": 2}
+RESOURCES = {"actors": 2, "cpus_per_actor": 1.5, "writer_cpus": 0.5, "preprocess_cpus": 0.5, "batch_size": 2}
 SUBPROCESS_TIMEOUT_S = 540
 
 

@@ -31,7 +31,13 @@ from unidiffuser.tiny import write_tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-RESOURCES = {"cpus_per_actor": 0.5, "clip_cpus_per_actor": 0.5, "preprocess_cpus": 0.5, "batch_size": 4}
+RESOURCES = {
+    "cpus_per_actor": 0.5,
+    "clip_cpus_per_actor": 0.5,
+    "writer_cpus": 0.5,
+    "preprocess_cpus": 0.5,
+    "batch_size": 4,
+}
 
 
 @pytest.fixture(scope="module")

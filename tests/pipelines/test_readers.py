@@ -20,12 +20,14 @@ from pipelines.readers import (
     plan_count,
     plan_images,
     plan_prompts,
+    prompt_formats,
     read_count,
     read_images,
     read_prompts,
 )
-from pipelines.readers import prompts as prompts_module
-from pipelines.readers.units import Source, plan_units, unique_names
+from pipelines.readers.formats import Unreadable
+from pipelines.readers.naming import unique_names
+from pipelines.readers.plan import Source, plan_units
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -97,7 +99,7 @@ def test_txt_without_final_newline_and_empty_file(tmp_path: Path) -> None:
 def test_txt_large_file_is_sliced_across_units_via_offsets(tmp_path: Path, monkeypatch) -> None:
     lines = [f"prompt number {i}" for i in range(103)]
     (tmp_path / "big.txt").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(prompts_module, "_CHUNK", 7)  # exercise chunk boundaries in line indexing
+    monkeypatch.setattr(prompt_formats, "CHUNK", 7)  # exercise chunk boundaries in line indexing
     planned = plan_prompts(str(tmp_path / "big.txt"), unit_size=10)
     (source,) = {seg.source for unit in planned.units for seg in unit.segments}
     assert source.num_records == 103 and source.stride == 10
@@ -345,7 +347,8 @@ def test_skip_units_keeps_ids_and_accounts(tmp_path: Path) -> None:
 
 def test_plan_units_and_unique_names() -> None:
     sources = [
-        Source(uri=n, path=n, name=n, kind="x", num_records=k) for n, k in (("a", 0), ("b", 5), ("c", 1))
+        Source(uri=n, path=n, name=n, format=Unreadable(), num_records=k)
+        for n, k in (("a", 0), ("b", 5), ("c", 1))
     ]
     units = plan_units(sources, 2)
     assert [[(s.source.name, s.start, s.stop) for s in u.segments] for u in units] == [

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
-from pipelines.stages.filter import filter_batch
+from pipelines.stages.filter import FilterSpec, filter_batch
 from pipelines.stages.preprocess import draw_samples, preprocess_batch
 from pipelines.stages.score import ClipScoreStage
 from unidiffuser import derive_seed
@@ -77,7 +77,7 @@ def test_keep_best_ranks_within_each_input_after_the_bounds() -> None:
         ("b", 0, "ok", 0.20), ("b", 1, "error", None), ("b", 2, "ok", 0.20),
         ("c", 0, "error", None), ("c", 1, "error", None),
     ])  # fmt: skip
-    out = filter_batch(batch, min_score=None, max_score=0.8, keep_best=2)
+    out = filter_batch(batch, FilterSpec(max_score=0.8, keep_best=2))
     best = "clip_score not among the best 2 samples of its input"
     assert out[r.STATUS].tolist() == [
         "rejected", "ok", "ok", "rejected",  # a3 is over the bound; of the rest, 0.50 and 0.40 stay
@@ -86,7 +86,7 @@ def test_keep_best_ranks_within_each_input_after_the_bounds() -> None:
     ]  # fmt: skip
     reasons = [None if r.missing(reason) else reason for reason in out[r.REASON]]
     assert reasons[:4] == [best, None, None, "clip_score above 0.8"]
-    tie = filter_batch(batch.iloc[4:7], min_score=None, max_score=None, keep_best=1)
+    tie = filter_batch(batch.iloc[4:7], FilterSpec(keep_best=1))
     assert tie[r.STATUS].tolist() == ["ok", "error", "rejected"]  # equal scores: the lower sample stays
 
 

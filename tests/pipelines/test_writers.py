@@ -18,12 +18,12 @@ from PIL import Image
 
 from pipelines import records as r
 from pipelines import storage
+from pipelines.pixels import to_bytes
 from pipelines.readers import read_count
-from pipelines.stages.pixels import to_bytes
 from pipelines.stages.write import write_batch
 from pipelines.writers import commit, unit_writer
 from pipelines.writers.encode import encode_image, image_format, source_image
-from pipelines.writers.summary import AccountingError, outcome_line, redact, write_summary
+from pipelines.writers.summary import AccountingError, RunWork, outcome_line, redact, write_summary
 from pipelines.writers.unit_writer import OutputSpec, retire_unit, write_unit
 
 ALL_FORMATS = ("parquet", "webdataset", "embeddings")
@@ -133,9 +133,8 @@ def test_i2t_rows_are_written_with_the_chosen_image(tmp_path: Path, caption_imag
     frame = unit_frame(0, ["ok", "rejected", "error"], with_images=False)
     model_input = np.full((8, 8, 3), 77, np.uint8)
     sources = [_file("PNG", (50, 40)), _file("JPEG", (20, 60)), None]
-    frame[r.OUT_PIXELS] = [to_bytes(model_input), to_bytes(model_input), None]
+    frame[r.PIXELS] = [to_bytes(model_input), to_bytes(model_input), None]
     frame[r.SOURCE_IMAGE] = sources if caption_image == "source" else [None] * 3
-    frame[r.PIXELS] = None
     write_batch(frame, output=OutputSpec(str(tmp_path), formats=ALL_FORMATS), caption_image=caption_image)
     written = pq.read_table(tmp_path / "shards" / "00000.parquet").to_pylist()
     rejected = pq.read_table(tmp_path / "rejected" / "00000.parquet").to_pylist()
@@ -163,10 +162,10 @@ def test_i2t_rows_are_written_with_the_chosen_image(tmp_path: Path, caption_imag
 def test_write_unit_all_formats(tmp_path: Path) -> None:
     frame = unit_frame(7, ["ok", "rejected", "ok", "error", "ok"])
     marker = write_unit(frame, output=OutputSpec(str(tmp_path), formats=ALL_FORMATS, image_format="png"))
-    assert (marker["records"], marker["written"], marker["rejected"], marker["errored"]) == (5, 3, 1, 1)
-    assert marker["reasons"] == {"clip_score below 0.2": 1, "generate: out of memory": 1}
-    assert marker["rejected_reasons"] == {"clip_score below 0.2": 1}
-    assert marker["error_reasons"] == {"generate: out of memory": 1}
+    assert (marker.records, marker.written, marker.rejected, marker.errored) == (5, 3, 1, 1)
+    assert marker.reasons == {"clip_score below 0.2": 1, "generate: out of memory": 1}
+    assert marker.rejected_reasons == {"clip_score below 0.2": 1}
+    assert marker.error_reasons == {"generate: out of memory": 1}
     ok = frame[frame[r.STATUS] == "ok"].reset_index(drop=True)
 
     # parquet shard
@@ -238,9 +237,8 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
 
     # the marker is last and lists every file
     assert commit.committed_units(str(tmp_path)) == {7: marker}
-    assert sorted(marker["files"]) == sorted(
-        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and "_units" not in p.parts
-    )
+    on_disk = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert sorted(marker.files) == [p for p in on_disk if p != "_units/00007.json"]
 
 
 def test_text_only_outputs(tmp_path: Path) -> None:
@@ -258,7 +256,7 @@ def test_text_only_outputs(tmp_path: Path) -> None:
     assert np.load(tmp_path / "embeddings" / "text_emb" / "text_emb_00000.npy").shape == (2, DIM)
     meta = pq.read_table(tmp_path / "embeddings" / "metadata" / "metadata_00000.parquet").to_pylist()
     assert [m["image_path"] for m in meta] == list(frame[r.KEY][:2])
-    assert marker["written"] == 2 and marker["errored"] == 1
+    assert marker.written == 2 and marker.errored == 1
     assert not (tmp_path / "rejected").exists()
 
 
@@ -267,7 +265,7 @@ def test_selected_formats_only(tmp_path: Path) -> None:
         unit_frame(2, ["ok"]), output=OutputSpec(str(tmp_path), formats=("webdataset",), image_format="webp")
     )
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert files == ["_units/00002.json", "shards/00002.tar", "shards/00002_stats.json"]
+    assert files == ["_units/00002.json", "_units/00002.keys", "shards/00002.tar", "shards/00002_stats.json"]
     (sample,) = list(wds.WebDataset(str(tmp_path / "shards" / "00002.tar"), shardshuffle=False))
     assert Image.open(io.BytesIO(sample["webp"])).format == "WEBP"
     with pytest.raises(ValueError):
@@ -279,7 +277,7 @@ def test_status_less_rows_are_errors_and_batches_must_be_one_unit(tmp_path: Path
     frame[r.READ_ERROR] = [None, "not an image file: x.md"]
     frame.loc[1, r.STATUS] = None
     marker = write_unit(frame, output=OutputSpec(str(tmp_path)))
-    assert marker["error_reasons"] == {"not an image file: x.md": 1}
+    assert marker.error_reasons == {"not an image file: x.md": 1}
     two_units = pd.concat([unit_frame(0, ["ok"]), unit_frame(1, ["ok"])])
     with pytest.raises(ValueError, match="exactly one unit"):
         write_unit(two_units, output=OutputSpec(str(tmp_path)))
@@ -317,7 +315,7 @@ def test_committed_units_lists_markers(tmp_path: Path) -> None:
     (tmp_path / "_units" / "notes.txt").write_text("ignored")
     found = commit.committed_units(f"file://{tmp_path}")
     assert sorted(found) == [0, 2, 11]
-    assert found[11]["records"] == 2 and found[11]["rejected"] == 1
+    assert found[11].records == 2 and found[11].rejected == 1
 
 
 def test_rewrite_is_idempotent_and_removes_stale_files(tmp_path: Path) -> None:
@@ -340,8 +338,8 @@ def test_rewrite_with_fewer_formats_removes_the_other_formats_files(tmp_path: Pa
     write_unit(unit_frame(4, ["ok", "ok"]), output=OutputSpec(str(tmp_path), formats=ALL_FORMATS))
     marker = write_unit(unit_frame(4, ["ok", "ok"]), output=OutputSpec(str(tmp_path), formats=("parquet",)))
     present = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert present == sorted([*marker["files"], "_units/00004.json"])
-    assert marker["files"] == ["shards/00004.parquet", "shards/00004_stats.json"]
+    assert present == sorted([*marker.files, "_units/00004.json"])
+    assert marker.files == ("shards/00004.parquet", "shards/00004_stats.json", "_units/00004.keys")
 
 
 def test_retire_unit_removes_marker_and_every_file(tmp_path: Path) -> None:
@@ -352,7 +350,7 @@ def test_retire_unit_removes_marker_and_every_file(tmp_path: Path) -> None:
     retire_unit(str(tmp_path), 7)  # nothing there: no error
     assert commit.committed_units(str(tmp_path)) == {2: kept}
     present = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert present == sorted([*kept["files"], "_units/00002.json"])
+    assert present == sorted([*kept.files, "_units/00002.json"])
 
 
 def test_crash_mid_rewrite_leaves_unit_uncommitted(tmp_path: Path, monkeypatch) -> None:
@@ -395,15 +393,16 @@ def test_summary_aggregates_and_redacts(tmp_path: Path) -> None:
         "model": {"id": "tiny", "steps": 2},
     }
     summary = write_summary(
-        str(tmp_path), inputs=5, config=config, wall_time_s=2.0, versions={"ray": ray.__version__}
+        str(tmp_path), inputs=5, config=config, run=RunWork(2.0, 1, 5), versions={"ray": ray.__version__}
     )
     on_disk = json.loads(read_file(tmp_path, "_summary.json"))
     assert on_disk == summary
+    assert summary["last_work_run"] == summary["run"]
     assert (summary["inputs"], summary["written"], summary["rejected"], summary["errored"]) == (5, 3, 1, 1)
     assert summary["units"] == 2
     assert summary["rejected_reasons"] == {"clip_score below 0.2": 1}
     assert summary["error_reasons"] == {"generate: out of memory": 1}
-    assert summary["records_per_s"] == 2.5 and summary["versions"] == {"ray": ray.__version__}
+    assert summary["run"]["records_per_s"] == 2.5 and summary["versions"] == {"ray": ray.__version__}
     assert summary["config"] == {
         "input": {"uri": "s3://bucket/in", "storage_options": {}},
         "output": {"uri": "s3://bucket/out", "formats": ["p"]},
@@ -418,21 +417,23 @@ def test_summary_aggregates_and_redacts(tmp_path: Path) -> None:
 def test_summary_raises_when_records_are_unaccounted(tmp_path: Path) -> None:
     write_unit(unit_frame(0, ["ok", "ok"]), output=OutputSpec(str(tmp_path)))
     with pytest.raises(AccountingError, match="3 inputs but 2 written"):
-        write_summary(str(tmp_path), inputs=3, config={}, wall_time_s=1.0, versions={})
+        write_summary(str(tmp_path), inputs=3, config={}, run=RunWork(1.0, 1, 1), versions={})
     assert not (tmp_path / "_summary.json").exists()
 
 
 def test_summary_counts_every_sample_of_every_input(tmp_path: Path) -> None:
     write_unit(unit_frame(0, ["ok", "rejected", "ok", "error"]), output=OutputSpec(str(tmp_path)))
     summary = write_summary(
-        str(tmp_path), inputs=2, samples_per_input=2, config={}, wall_time_s=2.0, versions={}
+        str(tmp_path), inputs=2, samples_per_input=2, config={}, run=RunWork(2.0, 1, 4), versions={}
     )
     assert (summary["inputs"], summary["samples_per_input"], summary["records"]) == (2, 2, 4)
     assert (summary["written"], summary["rejected"], summary["errored"]) == (2, 1, 1)
-    assert summary["records_per_s"] == 2.0
+    assert summary["run"]["records_per_s"] == 2.0
     assert outcome_line(summary) == "2 inputs x 2 samples = 4 records -> 2 written, 1 rejected, 1 errored"
     with pytest.raises(AccountingError, match=r"6 records \(2 inputs x 3 samples\) but 2 written"):
-        write_summary(str(tmp_path), inputs=2, samples_per_input=3, config={}, wall_time_s=1.0, versions={})
+        write_summary(
+            str(tmp_path), inputs=2, samples_per_input=3, config={}, run=RunWork(1.0, 1, 1), versions={}
+        )
 
 
 def test_redact_keeps_non_secrets() -> None:
@@ -455,7 +456,9 @@ def test_write_unit_and_summary_on_s3(s3_bucket: str, s3fs_storage_options: dict
     write_unit(unit_frame(1, ["ok", "ok", "error"]), output=spec)
     found = commit.committed_units(out, s3fs_storage_options)
     assert sorted(found) == [0, 1]
-    summary = write_summary(out, inputs=5, config={}, wall_time_s=1.0, versions={}, storage_options=None)
+    summary = write_summary(
+        out, inputs=5, config={}, run=RunWork(1.0, 1, 1), versions={}, storage_options=None
+    )
     assert summary["written"] == 3
     fs = fsspec.filesystem("s3", **s3fs_storage_options)
     assert fs.exists(f"{s3_bucket}/job/_summary.json")
@@ -493,14 +496,14 @@ def test_units_flow_through_ray_into_the_writer(tmp_path: Path) -> None:
 
     def write(batch: pd.DataFrame) -> pd.DataFrame:
         marker = write_unit(batch, output=spec)
-        return pd.DataFrame([{k: marker[k] for k in ("unit", "records", "written", "rejected")}])
+        return pd.DataFrame([{k: getattr(marker, k) for k in ("unit", "records", "written", "rejected")}])
 
     ds = read_count(11, unit_size=4)
     ds = ds.map_batches(generate, batch_size=None, batch_format="pandas")
     results = ds.map_batches(write, batch_size=None, batch_format="pandas").take_all()
     assert sorted((row["unit"], row["records"]) for row in results) == [(0, 4), (1, 4), (2, 3)]
-    summary = write_summary(str(tmp_path), inputs=11, config={}, wall_time_s=1.0, versions={})
+    summary = write_summary(str(tmp_path), inputs=11, config={}, run=RunWork(1.0, 1, 1), versions={})
     assert (summary["written"], summary["rejected"]) == (10, 1)
     assert len(list(wds.WebDataset(str(tmp_path / "shards" / "00000.tar"), shardshuffle=False))) == 3
     assert np.load(tmp_path / "embeddings" / "img_emb" / "img_emb_00002.npy").shape == (3, DIM)
-    assert unit_writer.FORMATS == ALL_FORMATS
+    assert tuple(unit_writer.SELECTABLE) == ALL_FORMATS

@@ -17,13 +17,13 @@ from diffusers.pipelines.deprecated.unidiffuser import (
 )
 from safetensors.torch import load_file
 
+from unidiffuser.cli import main
 from unidiffuser.convert import (
     MODEL_INDEX,
     convert_caption_decoder_state_dict,
     convert_checkpoint,
     convert_uvit_state_dict,
     convert_vae_state_dict,
-    main_convert,
 )
 
 
@@ -300,11 +300,11 @@ def test_cli_converts_v0(tmp_path: Path) -> None:
         "--out", str(tmp_path / "out"),
         "--version", "0",
     ]  # fmt: skip
-    assert main_convert(argv) == 0
+    assert main(["convert", *argv]) == 0
     unet = UniDiffuserModel.from_pretrained(tmp_path / "out" / "unet")
     assert unet.config.use_data_type_embedding is False
-    assert main_convert(argv) == 1  # the output folder is now non-empty
-    assert main_convert([*argv, "--overwrite"]) == 0
+    assert main(["convert", *argv]) == 1  # the output folder is now non-empty
+    assert main(["convert", *argv, "--overwrite"]) == 0
 
 
 def test_missing_input_file_names_the_path(tmp_path: Path) -> None:
