@@ -31,7 +31,7 @@ def load_samples(output_uri: str, limit: int, storage_options: dict | None = Non
     """Up to ``limit`` written records (image bytes, text, score) from the parquet shards."""
     fs, root = fsspec.core.url_to_fs(output_uri, **(storage_options or {}))
     rows: list[dict[str, Any]] = []
-    for path in sorted(fs.glob(f"{root.rstrip('/')}/shards/*.parquet")):
+    for path in sorted(fs.glob(f"{root.rstrip('/')}/parquet/*.parquet")):
         with fs.open(path, "rb") as f:
             table = pq.read_table(f, columns=["key", "image", "text", "clip_score"])
         rows += table.to_pylist()

@@ -11,11 +11,12 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.writers.formats import OutputFormatName
 from pipelines.writers.shard_image import CaptionImage
 from unidiffuser.config import Mode, ModeInput, SamplingConfig
+from unidiffuser.locations import redact
 
 
 class InputKind(StrEnum):
@@ -46,7 +47,22 @@ class IsLocation:
     against the spec's folder, those given on the command line against the current folder (jobs/spec.py)."""
 
 
-Location = Annotated[str, IsLocation()]
+_OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "r2")
+
+
+def _no_credentials(uri: str) -> str:
+    """Object stores take credentials from the environment only: a key typed into a URI would end up in
+    request paths and logs, so it is refused (and never echoed)."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and scheme.lower() in _OBJECT_STORES and "@" in rest.split("/", 1)[0]:
+        raise ValueError(
+            f"credentials in a URI are not used ({redact(uri)}): give them through the environment "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
+        )
+    return uri
+
+
+Location = Annotated[str, IsLocation(), AfterValidator(_no_credentials)]
 
 
 class _Strict(BaseModel):

@@ -18,7 +18,7 @@ import pyarrow as pa
 KEY = "key"  # stable record key, unique within a job; carried to every output
 SOURCE = "source"  # where the record came from (file URI, or "count")
 UNIT = "unit"  # int: output shard index this record belongs to
-PROMPT = "prompt"  # input text (t2i, t2i2t), or None
+PROMPT = "prompt"  # the input's text: the prompt (t2i, t2i2t) or an input image's own caption, or None
 IMAGE_BYTES = "image_bytes"  # encoded input image (i2t, i2t2i), or None
 READ_ERROR = "read_error"  # reason the reader could not produce the input, or None
 METADATA = "metadata"  # JSON object of the input record's fields named in input.keep_fields, or None
@@ -31,12 +31,14 @@ SAMPLE = "sample"  # int: the sample's index among its input's samples (0 with o
 SEED = "seed"  # int64 per-record seed derived from job seed + key
 PIXELS = "pixels"  # raw RGB bytes of the input at model resolution (see stages/pixels.py), or None
 FLAGS = "flags"  # list of what was done to the input on the way (converted_from_RGBA, prompt_truncated, ...)
+STARTED_AT = "started_at"  # float: when the unit's preprocessing began (UNIX time; for the unit's stats)
 SOURCE_IMAGE = "source_image"  # i2t: the input file's bytes, kept for the shards (output.caption_image)
 
 # --- written by the generate / score / filter stages ---------------------------------------------------------
 MODE = "mode"
 TEXT = "text"  # the text paired with the output image: the prompt (t2i) or the generated caption
-CAPTION = "caption"  # generated caption (i2t, joint, text, t2i2t), or None
+GENERATED_CAPTION = "generated_caption"  # the model's caption (i2t, joint, text, t2i2t), or None
+PROMPT_USED = "prompt_used"  # for a prompt cut to the text encoder's 77 tokens: the part the model saw
 OUT_PIXELS = "out_pixels"  # raw RGB bytes of the output image (square), or None
 CLIP_SCORE = "clip_score"
 IMAGE_EMBEDDING = "img_emb"  # L2-normalised CLIP image embedding (float32 list)
@@ -47,6 +49,9 @@ MODEL_ID = "model_id"
 PARAMS = "params"  # JSON of the generation parameters
 
 # --- written by the writers (output shard columns, see pipelines/writers) -----------------------------------
+# The input's text is written as PROMPT for text-input modes and as SOURCE_CAPTION for image-input modes, so
+# a corpus's own caption (img2dataset's ``caption``) is never mistaken for a prompt or a generated caption.
+SOURCE_CAPTION = "source_caption"  # the caption an input image came with (i2t, i2t2i), or None
 IMAGE = "image"  # encoded output image bytes, or None for text-only outputs
 IMAGE_FORMAT = "image_format"  # "jpg", "png" or "webp", or None
 WIDTH = "width"

@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "CheckpointChangedError": "unidiffuser.checkpoint",
     "CheckpointError": "unidiffuser.checkpoint",
     "load_components": "unidiffuser.checkpoint",
     "resolve_checkpoint": "unidiffuser.checkpoint",

@@ -72,6 +72,15 @@ class Codecs:
         rows = [row_of[prompt] for prompt in prompts]
         return latents[rows], [full_lengths[row] > limit for row in rows]
 
+    def prompt_seen(self, prompt: str) -> str:
+        """The part of ``prompt`` the text encoder sees: the prefix its first ``max_prompt_tokens`` tokens
+        (special tokens included) cover, cut from the original text (for prompts that are too long)."""
+        encoded = self.c.clip_tokenizer(
+            prompt, truncation=True, max_length=self.max_prompt_tokens, return_offsets_mapping=True
+        )
+        ends = [end for start, end in encoded["offset_mapping"] if end > start]
+        return prompt[: max(ends, default=0)]
+
     @torch.inference_mode()
     def encode_images(
         self, pixels: list[np.ndarray], noise: NoiseSource

@@ -177,6 +177,10 @@ class UniDiffuserEngine:
         latents, truncated = self.codecs.encode_prompts(prompts)
         return latents, [["prompt_truncated"] if cut else [] for cut in truncated]
 
+    def _prompt_used(self, prompt: str, flags: list[str]) -> str | None:
+        """What the model saw of a truncated prompt (None for prompts used whole)."""
+        return self.codecs.prompt_seen(prompt) if "prompt_truncated" in flags else None
+
     def _empty_prompt_latent(self) -> torch.Tensor | None:
         if self.config.t2i_cfg_mode != "empty_token":
             return None
@@ -197,8 +201,8 @@ class UniDiffuserEngine:
             text, flags = self._encode_prompts(batch)
             img_vae, _ = modes.t2i(self._context(noise), text, self._empty_prompt_latent())
             return [
-                Result(image=im, flags=f)
-                for im, f in zip(self.codecs.decode_images(img_vae), flags, strict=True)
+                Result(image=im, flags=f, prompt_used=self._prompt_used(p, f))
+                for im, f, p in zip(self.codecs.decode_images(img_vae), flags, batch, strict=True)
             ]
 
         return self._run_batched(prompts, seeds, check_prompt, work)
@@ -260,7 +264,10 @@ class UniDiffuserEngine:
             text, flags = self._encode_prompts(batch)
             img_vae, img_clip = modes.t2i(ctx, text, self._empty_prompt_latent())
             captions = self._captions(modes.i2t(ctx, img_vae, img_clip))
-            return [Result(text=c, flags=f) for c, f in zip(captions, flags, strict=True)]
+            return [
+                Result(text=c, flags=f, prompt_used=self._prompt_used(p, f))
+                for c, f, p in zip(captions, flags, batch, strict=True)
+            ]
 
         return self._run_batched(prompts, seeds, check_prompt, work)
 

@@ -8,6 +8,7 @@ reported as flags on the record's result.
 from __future__ import annotations
 
 import io
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 
@@ -31,12 +32,17 @@ class PreparedImage:
 
 
 def check_prompt(prompt: object) -> str:
-    """Return the prompt if it is a non-empty string, else raise ``InputError``."""
+    """Return the prompt if it is a string with something visible in it, else raise ``InputError``: a prompt
+    made only of whitespace, control characters (NUL, ...) and invisible format characters (zero-width
+    spaces and joiners, a BOM) is as empty as a blank one."""
     if not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
+    if all(ch.isspace() or unicodedata.category(ch) in _INVISIBLE for ch in prompt):
         raise InputError("empty prompt")
     return prompt
+
+
+_INVISIBLE = frozenset({"Cc", "Cf"})  # control and format characters (NUL, ZWSP U+200B, ZWJ, BOM, ...)
 
 
 def decode_image(data: object, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:

@@ -11,7 +11,8 @@ import numpy as np
 class Result:
     """One record's output: an image and/or a text, or an error with its reason.
 
-    ``flags`` lists what was done to the input on the way (``converted_from_RGBA``, ``prompt_truncated``, ...).
+    ``flags`` lists what was done to the input on the way (``converted_from_RGBA``, ``prompt_truncated``, ...);
+    ``prompt_used`` is, for a prompt cut to the text encoder's length, the part of it the model saw.
     ``hops`` holds every step of a chain (image, text, image, ...); ``frames`` the images of an interpolation.
     """
 
@@ -19,6 +20,7 @@ class Result:
     text: str | None = None
     error: str | None = None
     flags: list[str] = field(default_factory=list)
+    prompt_used: str | None = None
     hops: list[Result] | None = None
     frames: list[np.ndarray] | None = None
 

@@ -71,6 +71,7 @@ class GenerateStage:
         out[r.MODEL_ID] = self.config.model_id
         out[r.PARAMS] = self.params
         captions: list[str | None] = [None] * n
+        used: list[str | None] = [None] * n
         images: list[bytes | None] = [None] * n
         status = out[r.STATUS].tolist()
         reasons = [None if r.missing(x) else x for x in out[r.REASON]]
@@ -81,11 +82,12 @@ class GenerateStage:
                 if not result.ok:
                     status[i], reasons[i] = r.Status.ERROR.value, f"engine: {result.error}"
                     continue
-                captions[i] = result.text
+                captions[i], used[i] = result.text, result.prompt_used
                 if result.image is not None:
                     images[i] = to_bytes(result.image)
                 flags[i] = flags[i] + [f for f in result.flags if f not in flags[i]]
-        out[r.CAPTION] = captions
+        out[r.GENERATED_CAPTION] = captions
+        out[r.PROMPT_USED] = used
         out[r.OUT_PIXELS] = images
         prompts = [None if r.missing(p) else p for p in out[r.PROMPT]]
         out[r.TEXT] = [_paired_text(self.mode, p, c) for p, c in zip(prompts, captions, strict=True)]

@@ -6,6 +6,8 @@ GPUs never decode: the generate stage receives ready pixels. Bad records become 
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 
 from pipelines import records as r
@@ -26,11 +28,15 @@ def preprocess_batch(
     samples_per_input: int = 1,
 ) -> pd.DataFrame:
     """Add pixels, status, reason and flags to one unit's rows (and, if asked, keep each good input image's
-    file bytes for the shards), then draw ``samples_per_input`` records of each with their keys and seeds."""
+    file bytes for the shards), then draw ``samples_per_input`` records of each with their keys and seeds.
+
+    Reasons name where a record failed: ``read: ...`` (the reader could not produce it), ``input: ...`` (it
+    was read but is not a usable prompt or image)."""
+    started = time.time()
     pixels, sources, status, reasons, flags = [], [], [], [], []
     for row in batch.itertuples(index=False):
         read_error = getattr(row, r.READ_ERROR)
-        image, reason, row_flags = None, None if r.missing(read_error) else read_error, []
+        image, reason, row_flags = None, None if r.missing(read_error) else f"read: {read_error}", []
         if reason is None:
             try:
                 if input_kind == InputKind.PROMPTS:
@@ -41,11 +47,11 @@ def preprocess_batch(
                     )
                     image, row_flags = to_bytes(prepared.pixels), prepared.flags
             except InputError as exc:
-                reason = str(exc)
+                reason = f"input: {exc}"
         pixels.append(image)
         sources.append(getattr(row, r.IMAGE_BYTES) if keep_source_images and image is not None else None)
         status.append(r.Status.OK.value if reason is None else r.Status.ERROR.value)
-        reasons.append(None if reason is None else f"input: {reason}")  # reader and input problems alike
+        reasons.append(reason)
         flags.append(row_flags)
     out = batch.drop(columns=[r.IMAGE_BYTES, r.READ_ERROR])
     out[r.PIXELS] = pixels
@@ -53,6 +59,7 @@ def preprocess_batch(
     out[r.STATUS] = status
     out[r.REASON] = reasons
     out[r.FLAGS] = flags
+    out[r.STARTED_AT] = started
     out = draw_samples(out, samples_per_input)
     out[r.SEED] = [derive_seed(job_seed, key) for key in out[r.KEY]]
     return out

@@ -65,7 +65,8 @@ EMBEDDINGS_DIR = "embeddings"
 
 class ClipRetrievalEmbeddings:
     """Format ``embeddings``: ``img_emb`` / ``text_emb`` matrices and their aligned metadata per unit;
-    ``image_path`` is ``{u}.tar/{member}.{ext}`` when the unit's tar holds the image, else the key."""
+    ``image_path`` is ``webdataset/{u}.tar/{member}.{ext}`` (relative to the output) when the unit's tar
+    holds the image, else the key."""
 
     name = "embeddings"
 
@@ -83,7 +84,7 @@ class ClipRetrievalEmbeddings:
         text = embedding_matrix(ok, r.TEXT_EMBEDDING) if ok else None
         in_tar = "webdataset" in output.formats
         image_paths = [
-            f"{rows.name}.tar/{member}.{row[r.IMAGE_FORMAT]}"
+            f"webdataset/{rows.name}.tar/{member}.{row[r.IMAGE_FORMAT]}"
             if in_tar and row.get(r.IMAGE) is not None
             else row[r.KEY]
             for row, member in zip(ok, rows.member_names, strict=True)

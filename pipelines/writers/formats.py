@@ -53,6 +53,8 @@ class UnitRows:
     errored: list[dict[str, Any]]
     commit: UnitCommit  # the unit's counts (files and identity are added when it is committed)
     member_names: list[str]  # webdataset-safe, unit-unique names of the ok rows (see webdataset_shards)
+    started_at: float = 0.0  # when the unit's preprocessing began (UNIX time)
+    finished_at: float = 0.0  # when its records were ready to write
 
     @property
     def name(self) -> str:

@@ -38,15 +38,19 @@ class ErroredRecords:
         return {path: parquet_shards.table_file(rows.errored, parquet_shards.ERRORS_SCHEMA)}
 
 
+STATS_DIR = "stats"
+
+
 class ShardStats:
-    """``shards/{u}_stats.json``: img2dataset-style counts, written with either shard format."""
+    """``stats/{u}_stats.json``: img2dataset's shard stats (see ``webdataset_shards.stats``), for every unit;
+    in a folder of their own, so the shard folders hold only shards."""
 
     name = "stats"
 
     def paths(self, unit: str) -> tuple[str, ...]:
-        return (f"{webdataset_shards.SHARDS_DIR}/{unit}_stats.json",)
+        return (f"{STATS_DIR}/{unit}_stats.json",)
 
     def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
         (path,) = self.paths(rows.name)
-        wanted = {"parquet", "webdataset"} & set(output.formats)
-        return {path: json.dumps(webdataset_shards.stats(rows.commit), indent=1).encode() if wanted else None}
+        stats = webdataset_shards.stats(rows.commit, start_time=rows.started_at, end_time=rows.finished_at)
+        return {path: json.dumps(stats, indent=1).encode()}

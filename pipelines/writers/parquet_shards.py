@@ -25,8 +25,11 @@ SHARD_SCHEMA = pa.schema(
         pa.field(r.SOURCE, pa.string()),
         pa.field(r.MODE, pa.string()),
         pa.field(r.PROMPT, pa.string()),
+        pa.field(r.SOURCE_CAPTION, pa.string()),
+        pa.field(r.GENERATED_CAPTION, pa.string()),
         pa.field(r.TEXT, pa.string()),
-        pa.field(r.CAPTION, pa.string()),
+        pa.field(r.PROMPT_USED, pa.string()),
+        pa.field(r.FLAGS, pa.list_(pa.string())),
         pa.field(r.IMAGE, pa.binary()),
         pa.field(r.IMAGE_FORMAT, pa.string()),
         pa.field(r.WIDTH, pa.int32()),
@@ -49,9 +52,11 @@ def _columns(*names: str) -> list[pa.Field]:
     return [SHARD_SCHEMA.field(name) for name in names]
 
 
+_TEXTS = (r.PROMPT, r.SOURCE_CAPTION, r.GENERATED_CAPTION, r.TEXT, r.PROMPT_USED, r.FLAGS)
+
 REJECTED_SCHEMA = pa.schema(
     [
-        *_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT, r.TEXT, r.CAPTION, r.CLIP_SCORE),
+        *_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, *_TEXTS, r.CLIP_SCORE),
         _REASON,
         *_columns(r.IMAGE, r.IMAGE_FORMAT, r.SEED, r.METADATA),
     ]
@@ -59,7 +64,11 @@ REJECTED_SCHEMA = pa.schema(
 """Records the filter rejected, with their image so a user can look at what was thrown away."""
 
 ERRORS_SCHEMA = pa.schema(
-    [*_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT), _REASON, *_columns(r.METADATA)]
+    [
+        *_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT, r.SOURCE_CAPTION, r.FLAGS),
+        _REASON,
+        *_columns(r.METADATA),
+    ]
 )
 """Records some stage could not process, with the reason."""
 
@@ -78,16 +87,17 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-SHARDS_DIR = "shards"
+PARQUET_DIR = "parquet"
 
 
 class ParquetShards:
-    """Format ``parquet``: ``shards/{u}.parquet``, one row per written record (``SHARD_SCHEMA``)."""
+    """Format ``parquet``: ``parquet/{u}.parquet``, one row per written record (``SHARD_SCHEMA``); the folder
+    holds nothing else, so any parquet reader can be pointed at it."""
 
     name = "parquet"
 
     def paths(self, unit: str) -> tuple[str, ...]:
-        return (f"{SHARDS_DIR}/{unit}.parquet",)
+        return (f"{PARQUET_DIR}/{unit}.parquet",)
 
     def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
         (path,) = self.paths(rows.name)

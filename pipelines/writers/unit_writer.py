@@ -2,12 +2,12 @@
 
 Layout under ``OutputSpec.uri`` (``{u}`` is the unit id zero-padded to 5 digits), one class per format:
 
-    shards/{u}.parquet                      format "parquet": written records (parquet_shards.ParquetShards)
-    shards/{u}.tar                          format "webdataset": img2dataset layout (webdataset_shards)
+    parquet/{u}.parquet                     format "parquet": written records (parquet_shards.ParquetShards)
+    webdataset/{u}.tar                      format "webdataset": img2dataset layout (webdataset_shards)
     embeddings/img_emb/img_emb_{u}.npy      format "embeddings": clip-retrieval layout (embeddings)
     embeddings/text_emb/text_emb_{u}.npy
     embeddings/metadata/metadata_{u}.parquet
-    shards/{u}_stats.json                   with either shard format: img2dataset-style counts (outcomes)
+    stats/{u}_stats.json                    img2dataset's shard stats (outcomes)
     rejected/{u}.parquet                    records the filter rejected (only when there are some)
     errors/{u}.parquet                      records some stage could not process (only when there are some)
     _units/{u}.keys                         the unit's key hashes (commit)
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -39,7 +40,7 @@ from pipelines.writers.outcomes import ErroredRecords, RejectedRecords, ShardSta
 from pipelines.writers.parquet_shards import ParquetShards
 from pipelines.writers.shard_image import CaptionImage, shard_image
 from pipelines.writers.webdataset_shards import WebdatasetShards, member_names
-from unidiffuser.config import Mode
+from unidiffuser.config import Mode, ModeInput
 
 SELECTABLE: dict[str, OutputFormat] = {
     f.name: f for f in (ParquetShards(), WebdatasetShards(), ClipRetrievalEmbeddings())
@@ -99,7 +100,8 @@ def unit_rows(batch: pd.DataFrame, output: OutputSpec, caption_image: CaptionIma
     """The unit's records split by outcome (rejected and errored ones with their final reason), with the
     image columns of the written and rejected ones encoded."""
     unit = _unit_of(batch)
-    ok, rejected, errored = _split([_clean_row(row) for row in batch.to_dict("records")])
+    rows = [_output_texts(_clean_row(row)) for row in batch.to_dict("records")]
+    ok, rejected, errored = _split(rows)
     for row in ok + rejected:
         _encode(row, output, caption_image)
     counts = commit.UnitCommit.of(
@@ -108,7 +110,27 @@ def unit_rows(batch: pd.DataFrame, output: OutputSpec, caption_image: CaptionIma
         rejected=[row[r.REASON] for row in rejected],
         errored=[row[r.REASON] for row in errored],
     )
-    return UnitRows(unit, ok, rejected, errored, counts, member_names([row[r.KEY] for row in ok]))
+    started = min((row[r.STARTED_AT] for row in rows if row.get(r.STARTED_AT) is not None), default=None)
+    finished = time.time()
+    return UnitRows(
+        unit,
+        ok,
+        rejected,
+        errored,
+        counts,
+        member_names([row[r.KEY] for row in ok]),
+        started_at=finished if started is None else started,
+        finished_at=finished,
+    )
+
+
+def _output_texts(row: dict[str, Any]) -> dict[str, Any]:
+    """The input's text is written as ``prompt`` for text-input modes and as ``source_caption`` for image
+    inputs (a corpus caption is neither a prompt nor a generated caption)."""
+    mode = row.get(r.MODE)
+    if mode is not None and Mode(mode).input == ModeInput.IMAGE:
+        row[r.SOURCE_CAPTION], row[r.PROMPT] = row.get(r.PROMPT), None
+    return row
 
 
 def _split(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list[dict]]:

@@ -4,6 +4,12 @@ Each written record is one sample: ``{name}.{jpg|png|webp}`` (when it has an ima
 ``text`` column, when set) and ``{name}.json`` (metadata, always). ``name`` is the record key made safe
 for webdataset, which splits a member name at the first ``.`` of its basename: dots become ``_``, a
 leading ``/`` is dropped, and a repeat within the shard gets ``_1``, ``_2``... The exact key is in the json.
+
+The ``.json`` holds the input's own fields (``input.keep_fields``: img2dataset's ``url``, ``caption``,
+``similarity``, ...) at the top level under their own names, as img2dataset writes them, and ours beside
+them under names of their own (``prompt``, ``source_caption``, ``generated_caption``, ``clip_score``, ...);
+where a kept field shares a name with one of ours (``key``, ``width``, ``height``, ``status``), ours is at
+the top level and the input's value stays in ``metadata``, which always holds the kept fields as read.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ METADATA_FIELDS = (
     r.SOURCE,
     r.MODE,
     r.PROMPT,
-    r.CAPTION,
+    r.SOURCE_CAPTION,
+    r.GENERATED_CAPTION,
     r.TEXT,
+    r.PROMPT_USED,
+    r.FLAGS,
     r.CLIP_SCORE,
     r.SEED,
     r.WIDTH,
@@ -55,14 +64,15 @@ def member_names(keys: Sequence[str]) -> list[str]:
 
 
 def sample_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``.json`` member of a sample; ``params`` and ``metadata`` are embedded as objects when JSON."""
-    meta = {name: row.get(name) for name in METADATA_FIELDS}
+    """The ``.json`` member of a sample (see the module doc); ``params`` and ``metadata`` are embedded as
+    objects when JSON."""
+    ours = {name: row.get(name) for name in METADATA_FIELDS}
     for name in (r.PARAMS, r.METADATA):
-        if isinstance(meta.get(name), str):
+        if isinstance(ours.get(name), str):
             with contextlib.suppress(json.JSONDecodeError):
-                meta[name] = json.loads(meta[name])
-    meta["status"] = "success"
-    return meta
+                ours[name] = json.loads(ours[name])
+    kept = ours[r.METADATA] if isinstance(ours[r.METADATA], dict) else {}
+    return {**kept, **ours, "status": "success"}
 
 
 # Members get a fixed timestamp so that the same records always give byte-identical shards (resume, re-runs).
@@ -93,29 +103,41 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def stats(commit: UnitCommit) -> dict[str, Any]:
-    """img2dataset-style shard stats: ``count``, ``successes``, failure counts and a ``status_dict``."""
+def stats(commit: UnitCommit, *, start_time: float, end_time: float) -> dict[str, Any]:
+    """img2dataset's shard stats (``count``, ``successes``, ``failed_to_download``, ``failed_to_resize``,
+    ``start_time``, ``end_time``, ``status_dict``) and ours (``failed_to_process``, ``rejected``). Records
+    the reader could not produce count as failed downloads, images that could not be decoded as failed
+    resizes, every other error as failed to process; the times are when the unit's preprocessing began and
+    when its files were ready."""
+    errors = commit.error_reasons
+    read = sum(n for reason, n in errors.items() if reason.startswith("read:"))
+    decode = sum(n for reason, n in errors.items() if reason.startswith("input:") and "image" in reason)
     reasons = commit.reasons
     return {
         "unit": commit.unit,
         "count": commit.records,
         "successes": commit.written,
-        "failed_to_process": commit.errored,
+        "failed_to_download": read,
+        "failed_to_resize": decode,
+        "failed_to_process": commit.errored - read - decode,
         "rejected": commit.rejected,
+        "start_time": start_time,
+        "end_time": end_time,
         "status_dict": {"success": commit.written, **reasons} if commit.written else dict(reasons),
     }
 
 
-SHARDS_DIR = "shards"
+WEBDATASET_DIR = "webdataset"
 
 
 class WebdatasetShards:
-    """Format ``webdataset``: ``shards/{u}.tar``, one sample per written record (see the module doc)."""
+    """Format ``webdataset``: ``webdataset/{u}.tar``, one sample per written record (see the module doc); the
+    folder holds nothing else, so any webdataset reader can be pointed at it."""
 
     name = "webdataset"
 
     def paths(self, unit: str) -> tuple[str, ...]:
-        return (f"{SHARDS_DIR}/{unit}.tar",)
+        return (f"{WEBDATASET_DIR}/{unit}.tar",)
 
     def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
         (path,) = self.paths(rows.name)

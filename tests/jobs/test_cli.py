@@ -45,7 +45,7 @@ def test_validate_reports_every_problem_with_its_key_path(prompt_spec, tmp_path:
     assert proc.returncode == 2
     for path in (
         "input.uri: nothing found",
-        "model.checkpoint: missing config file",
+        "model.checkpoint: checkpoint folder not found: /nowhere/ckpt",
         "output.uri: cannot write",
     ):
         assert path in proc.stderr, proc.stderr
@@ -78,7 +78,7 @@ def test_run_then_rerun_does_no_model_work(prompt_spec):
 
 def _images_by_key(out: Path) -> dict[str, bytes]:
     rows = {}
-    for shard in sorted((out / "shards").glob("*.parquet")):
+    for shard in sorted((out / "parquet").glob("*.parquet")):
         for row in pq.read_table(shard, columns=["key", "image"]).to_pylist():
             assert row["key"] not in rows, f"duplicate {row['key']}"
             rows[row["key"]] = row["image"]
@@ -141,3 +141,124 @@ def test_jobs_api_commands_fail_clearly_when_the_head_is_unreachable(prompt_spec
             assert proc.returncode == 2, proc.stderr
             assert f"cannot reach the Ray Jobs API at {nobody}" in proc.stderr
             assert "Traceback" not in proc.stderr
+
+
+# --- one clear line for every failure that can be known before work starts -----------------------------------
+
+
+def test_a_cluster_too_small_for_the_job_is_one_line_before_any_work(prompt_spec):
+    proc = cli("run", str(prompt_spec()), "--set", "resources.cpus_per_actor=64", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot run: the cluster cannot run this job (CPU: needs 65.5, cluster has" in proc.stderr
+    assert "Traceback" not in proc.stderr and "ClusterTooSmallError" not in proc.stderr
+
+
+@pytest.fixture()
+def damaged_checkpoint(tiny_models: tuple[Path, Path], tmp_path: Path):
+    """A copy of the tiny checkpoint, damaged by the test."""
+    import shutil
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(tiny_models[0], copy)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda c: _truncate(c / "unet" / "diffusion_pytorch_model.safetensors"),
+         "unet/diffusion_pytorch_model.safetensors: truncated"),
+        (lambda c: _edit_json(c / "unet" / "config.json", drop="sample_size"),
+         "unet/config.json lacks 'sample_size'"),
+        (lambda c: (c / "unet" / "config.json").write_text("{not json"), "unet/config.json is not valid JSON"),
+        (lambda c: (c / "vae" / "diffusion_pytorch_model.safetensors").unlink(), "no weights in"),
+    ],
+    ids=["truncated-weights", "no-sample-size", "unparseable-config", "missing-weights"],
+)  # fmt: skip
+def test_a_damaged_checkpoint_is_named_by_validate_and_run(prompt_spec, damaged_checkpoint, damage, message):
+    damage(damaged_checkpoint)
+    spec = prompt_spec(model={"checkpoint": str(damaged_checkpoint), "mode": "t2i", "steps": 2})
+    for command in ("validate", "run"):
+        proc = cli(command, str(spec), check=False)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert message in proc.stderr and str(damaged_checkpoint) in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_json(path: Path, *, drop: str) -> None:
+    import json
+
+    config = json.loads(path.read_text())
+    del config[drop]
+    path.write_text(json.dumps(config))
+
+
+def test_a_uri_with_credentials_is_refused_without_echoing_them(prompt_spec):
+    secret = "s3://AKIDEXAMPLE:wJalrXUtnFEMIsecret@bucket/models/ckpt"
+    proc = cli("validate", str(prompt_spec()), "--set", f"model.checkpoint={secret}", check=False)
+    assert proc.returncode == 2
+    assert "model.checkpoint: credentials in a URI are not used (s3://bucket/models/ckpt)" in proc.stderr
+    assert "wJalrXUtnFEMIsecret" not in proc.stderr + proc.stdout and "AKIDEXAMPLE" not in proc.stderr
+
+
+def test_an_unreachable_location_is_named(prompt_spec):
+    proc = cli(
+        "validate", str(prompt_spec()), "--set", "model.checkpoint=s3://bucket/models/ckpt",
+        "--set", "storage.endpoint_url=http://127.0.0.1:9", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "model.checkpoint: cannot reach s3://bucket/models/ckpt: " in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --- honest throughput, no leftover processes ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_summary_reports_this_runs_work_and_keeps_the_last_run_that_did_some(prompt_spec):
+    import json
+
+    spec = prompt_spec(n_prompts=6, shard_size=2)
+    out = Path(spec).parent / "out"
+    cli("run", str(spec), "--quiet")
+    (out / "_units" / "00001.json").unlink()  # as if the run had died before committing unit 1
+    cli("run", str(spec), "--quiet")
+    resumed = json.loads((out / "_summary.json").read_text())
+    assert (resumed["run"]["units_run"], resumed["run"]["records_run"]) == (1, 2)
+    assert resumed["run"]["records_per_s"] == pytest.approx(2 / resumed["run"]["wall_time_s"], rel=1e-2)
+    assert resumed["written"] == 6  # the job's totals are still the whole job's
+    cli("run", str(spec), "--quiet")
+    idle = json.loads((out / "_summary.json").read_text())
+    assert (idle["run"]["units_run"], idle["run"]["records_run"], idle["run"]["records_per_s"]) == (
+        0,
+        0,
+        None,
+    )
+    assert idle["last_work_run"] == resumed["run"]
+
+
+@pytest.mark.slow
+def test_a_local_ray_does_not_outlive_a_sigkilled_driver(prompt_spec, tmp_path: Path):
+    import psutil
+
+    spec = prompt_spec(n_prompts=40, shard_size=2, output="orphans")
+    out = tmp_path / "orphans"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs", "run", str(spec), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list((out / "_units").glob("*.json")):
+        time.sleep(0.2)
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    names = {p.name() for p in descendants if p.is_running()}
+    assert any("raylet" in n for n in names), names  # the driver started a local Ray
+    os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
+    proc.wait()
+    gone, alive = psutil.wait_procs(descendants, timeout=60)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"

@@ -77,7 +77,7 @@ def test_demo_runs_the_real_pipeline_on_the_trained_model(tmp_path: Path):
 
     # text to image: every prompt accounted for, the bad ones as errors with their reason
     t2i = tmp_path / "t2i"
-    written, rejected, errors = (_table(t2i / d) for d in ("shards", "rejected", "errors"))
+    written, rejected, errors = (_table(t2i / d) for d in ("parquet", "rejected", "errors"))
     assert len(written) + len(rejected) + len(errors) == DEMO_PROMPTS + len(BAD_PROMPTS)
     assert len(errors) == len(BAD_PROMPTS) and all("empty prompt" in e["reason"] for e in errors)
     assert written, "the CLIP filter rejected everything"
@@ -90,7 +90,7 @@ def test_demo_runs_the_real_pipeline_on_the_trained_model(tmp_path: Path):
 
     # captioning: every image captioned (or rejected with its score); broken.jpg and notes.csv are errors
     captions = tmp_path / "captions"
-    written, rejected, errors = (_table(captions / d) for d in ("shards", "rejected", "errors"))
+    written, rejected, errors = (_table(captions / d) for d in ("parquet", "rejected", "errors"))
     assert len(written) + len(rejected) == DEMO_IMAGES
     assert sorted(Path(e["source"]).name for e in errors) == ["broken.jpg", "notes.csv"]
     right = sum(

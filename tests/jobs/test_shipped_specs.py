@@ -34,9 +34,10 @@ def spec_buckets(s3_endpoint: str, tiny_models) -> None:
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     for bucket in ("my-bucket", "my-models"):
         s3.create_bucket(Bucket=bucket)
-    for component in ("unet", "vae"):
-        body = (checkpoint / component / "config.json").read_bytes()
-        s3.put_object(Bucket="my-models", Key=f"unidiffuser-v1/{component}/config.json", Body=body)
+    for path in checkpoint.rglob("*"):  # the whole (tiny) checkpoint: validate reads its configs and headers
+        if path.is_file():
+            key = f"unidiffuser-v1/{path.relative_to(checkpoint)}"
+            s3.put_object(Bucket="my-models", Key=key, Body=path.read_bytes())
     s3.put_object(
         Bucket="my-models", Key="clip-vit-large-patch14/config.json", Body=(clip / "config.json").read_bytes()
     )

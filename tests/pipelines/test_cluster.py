@@ -195,7 +195,7 @@ def expected_keys() -> list[str]:
 def check_output(root: Path, summary: dict) -> None:
     """Every key exactly once, parquet and tar agree, markers for all units, the summary adds up."""
     keys: list[str] = []
-    for shard in sorted((root / "shards").glob("*.parquet")):
+    for shard in sorted((root / "parquet").glob("*.parquet")):
         rows = pq.read_table(shard, columns=["key", "image", "width"]).to_pylist()
         with tarfile.open(shard.with_suffix(".tar")) as tar:
             metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]

@@ -52,7 +52,7 @@ def unit_frame(unit: int, statuses: list[str], *, with_images: bool = True, seed
                 r.MODE: "t2i" if with_images else "i2t",
                 r.PROMPT: f"prompt {i}",
                 r.TEXT: f"prompt {i}" if with_images else f"caption {i}",
-                r.CAPTION: None if with_images else f"caption {i}",
+                r.GENERATED_CAPTION: None if with_images else f"caption {i}",
                 r.SEED: 1000 + i,
                 r.OUT_PIXELS: (
                     rng.integers(0, 256, size=(16 + i, 24, 3), dtype=np.uint8)
@@ -136,9 +136,9 @@ def test_i2t_rows_are_written_with_the_chosen_image(tmp_path: Path, caption_imag
     frame[r.PIXELS] = [to_bytes(model_input), to_bytes(model_input), None]
     frame[r.SOURCE_IMAGE] = sources if caption_image == "source" else [None] * 3
     write_batch(frame, output=OutputSpec(str(tmp_path), formats=ALL_FORMATS), caption_image=caption_image)
-    written = pq.read_table(tmp_path / "shards" / "00000.parquet").to_pylist()
+    written = pq.read_table(tmp_path / "parquet" / "00000.parquet").to_pylist()
     rejected = pq.read_table(tmp_path / "rejected" / "00000.parquet").to_pylist()
-    sample = next(iter(wds.WebDataset(str(tmp_path / "shards" / "00000.tar"), shardshuffle=False)))
+    sample = next(iter(wds.WebDataset(str(tmp_path / "webdataset" / "00000.tar"), shardshuffle=False)))
     if caption_image == "source":
         assert (written[0]["image"], written[0]["image_format"], written[0]["width"]) == (
             sources[0],
@@ -169,10 +169,11 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
     ok = frame[frame[r.STATUS] == "ok"].reset_index(drop=True)
 
     # parquet shard
-    table = pq.read_table(tmp_path / "shards" / "00007.parquet")
+    table = pq.read_table(tmp_path / "parquet" / "00007.parquet")
     assert table.column_names == [
-        "key", "input_key", "sample", "source", "mode", "prompt", "text", "caption", "image", "image_format",
-        "width", "height", "clip_score", "seed", "model_id", "params", "metadata", "img_emb", "text_emb",
+        "key", "input_key", "sample", "source", "mode", "prompt", "source_caption", "generated_caption", "text",
+        "prompt_used", "flags", "image", "image_format", "width", "height", "clip_score", "seed", "model_id",
+        "params", "metadata", "img_emb", "text_emb",
     ]  # fmt: skip
     shard = table.to_pylist()
     assert [row["key"] for row in shard] == list(ok[r.KEY])
@@ -188,7 +189,7 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
         assert np.allclose(row["text_emb"], expected[r.TEXT_EMBEDDING])
 
     # webdataset shard, read by webdataset and by Ray Data
-    tar_path = tmp_path / "shards" / "00007.tar"
+    tar_path = tmp_path / "webdataset" / "00007.tar"
     samples = list(wds.WebDataset(str(tar_path), shardshuffle=False))
     assert len(samples) == 3
     for sample, (_, expected) in zip(samples, ok.iterrows(), strict=True):
@@ -197,6 +198,7 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
         meta = json.loads(sample["json"])
         assert meta["key"] == meta["input_key"] == expected[r.KEY] and meta["sample"] == 0
         assert meta["metadata"] == json.loads(expected[r.METADATA])  # embedded as an object
+        assert meta["id"] == json.loads(expected[r.METADATA])["id"]  # and the input's fields at the top level
         assert meta["seed"] == expected[r.SEED] and meta["prompt"] == expected[r.PROMPT]
         assert meta["params"] == {"steps": 2, "cfg": 7.5} and meta["mode"] == "t2i"
         assert meta["clip_score"] == pytest.approx(expected[r.CLIP_SCORE])
@@ -207,9 +209,10 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
     assert sorted(json.loads(row["json"])["key"] for row in ray_rows) == sorted(ok[r.KEY])
     assert all(Image.open(io.BytesIO(row["png"])).size[0] == 24 for row in ray_rows)
 
-    stats = json.loads(read_file(tmp_path, "shards/00007_stats.json"))
+    stats = json.loads(read_file(tmp_path, "stats/00007_stats.json"))
     assert (stats["count"], stats["successes"], stats["failed_to_process"], stats["rejected"]) == (5, 3, 1, 1)
-    assert stats["status_dict"]["success"] == 3
+    assert (stats["failed_to_download"], stats["failed_to_resize"]) == (0, 0)
+    assert stats["status_dict"]["success"] == 3 and stats["start_time"] <= stats["end_time"]
 
     # embeddings: aligned with metadata rows, image_path points into the tar
     img = np.load(tmp_path / "embeddings" / "img_emb" / "img_emb_00007.npy")
@@ -220,8 +223,8 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
     assert [m["caption"] for m in meta] == list(ok[r.TEXT])
     for i, m in enumerate(meta):
         assert np.allclose(img[i], ok[r.IMAGE_EMBEDDING][i]) and np.allclose(text[i], ok[r.TEXT_EMBEDDING][i])
-        tar_name, member = m["image_path"].split("/", 1)
-        assert tar_name == "00007.tar"
+        folder, tar_name, member = m["image_path"].split("/", 2)
+        assert (folder, tar_name) == ("webdataset", "00007.tar")
         with tarfile.open(tar_path) as tar:
             assert json.loads(tar.extractfile(member.rsplit(".", 1)[0] + ".json").read())["key"] == m["key"]
 
@@ -244,10 +247,12 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
 def test_text_only_outputs(tmp_path: Path) -> None:
     frame = unit_frame(0, ["ok", "ok", "error"], with_images=False)
     marker = write_unit(frame, output=OutputSpec(str(tmp_path), formats=ALL_FORMATS))
-    shard = pq.read_table(tmp_path / "shards" / "00000.parquet").to_pylist()
-    assert [row["caption"] for row in shard] == ["caption 0", "caption 1"]
+    shard = pq.read_table(tmp_path / "parquet" / "00000.parquet").to_pylist()
+    assert [row["generated_caption"] for row in shard] == ["caption 0", "caption 1"]
+    assert [row["source_caption"] for row in shard] == ["prompt 0", "prompt 1"]  # i2t: the input's caption
+    assert all(row["prompt"] is None for row in shard)
     assert all(row["image"] is None and row["width"] is None and row["img_emb"] is None for row in shard)
-    samples = list(wds.WebDataset(str(tmp_path / "shards" / "00000.tar"), shardshuffle=False))
+    samples = list(wds.WebDataset(str(tmp_path / "webdataset" / "00000.tar"), shardshuffle=False))
     assert [sorted(k for k in s if not k.startswith("__")) for s in samples] == [
         ["json", "txt"],
         ["json", "txt"],
@@ -265,8 +270,13 @@ def test_selected_formats_only(tmp_path: Path) -> None:
         unit_frame(2, ["ok"]), output=OutputSpec(str(tmp_path), formats=("webdataset",), image_format="webp")
     )
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert files == ["_units/00002.json", "_units/00002.keys", "shards/00002.tar", "shards/00002_stats.json"]
-    (sample,) = list(wds.WebDataset(str(tmp_path / "shards" / "00002.tar"), shardshuffle=False))
+    assert files == [
+        "_units/00002.json",
+        "_units/00002.keys",
+        "stats/00002_stats.json",
+        "webdataset/00002.tar",
+    ]
+    (sample,) = list(wds.WebDataset(str(tmp_path / "webdataset" / "00002.tar"), shardshuffle=False))
     assert Image.open(io.BytesIO(sample["webp"])).format == "WEBP"
     with pytest.raises(ValueError):
         OutputSpec(str(tmp_path), formats=("csv",))
@@ -328,8 +338,8 @@ def test_rewrite_is_idempotent_and_removes_stale_files(tmp_path: Path) -> None:
     assert not (tmp_path / "rejected" / "00003.parquet").exists()
     assert not (tmp_path / "errors" / "00003.parquet").exists()
     assert commit.committed_units(str(tmp_path)) == {3: marker}
-    assert pq.read_table(tmp_path / "shards" / "00003.parquet").num_rows == 3
-    assert len(list(wds.WebDataset(str(tmp_path / "shards" / "00003.tar"), shardshuffle=False))) == 3
+    assert pq.read_table(tmp_path / "parquet" / "00003.parquet").num_rows == 3
+    assert len(list(wds.WebDataset(str(tmp_path / "webdataset" / "00003.tar"), shardshuffle=False))) == 3
     assert np.load(tmp_path / "embeddings" / "img_emb" / "img_emb_00003.npy").shape == (3, DIM)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
@@ -339,7 +349,7 @@ def test_rewrite_with_fewer_formats_removes_the_other_formats_files(tmp_path: Pa
     marker = write_unit(unit_frame(4, ["ok", "ok"]), output=OutputSpec(str(tmp_path), formats=("parquet",)))
     present = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert present == sorted([*marker.files, "_units/00004.json"])
-    assert marker.files == ("shards/00004.parquet", "shards/00004_stats.json", "_units/00004.keys")
+    assert marker.files == ("parquet/00004.parquet", "stats/00004_stats.json", "_units/00004.keys")
 
 
 def test_retire_unit_removes_marker_and_every_file(tmp_path: Path) -> None:
@@ -462,7 +472,7 @@ def test_write_unit_and_summary_on_s3(s3_bucket: str, s3fs_storage_options: dict
     assert summary["written"] == 3
     fs = fsspec.filesystem("s3", **s3fs_storage_options)
     assert fs.exists(f"{s3_bucket}/job/_summary.json")
-    with tarfile.open(fileobj=io.BytesIO(fs.cat_file(f"{s3_bucket}/job/shards/00001.tar"))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(fs.cat_file(f"{s3_bucket}/job/webdataset/00001.tar"))) as tar:
         assert len(tar.getnames()) == 2 * 3  # two written samples: jpg, txt and json each
     with fs.open(f"{s3_bucket}/job/rejected/00000.parquet", "rb") as f:
         assert pq.read_table(f).column("reason").to_pylist() == ["clip_score below 0.2"]
@@ -481,7 +491,7 @@ def test_units_flow_through_ray_into_the_writer(tmp_path: Path) -> None:
             **{
                 r.MODE: "joint",
                 r.TEXT: [f"caption {k}" for k in batch[r.KEY]],
-                r.CAPTION: [f"caption {k}" for k in batch[r.KEY]],
+                r.GENERATED_CAPTION: [f"caption {k}" for k in batch[r.KEY]],
                 r.SEED: range(n),
                 r.OUT_PIXELS: [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(n)],
                 r.CLIP_SCORE: rng.random(n),
@@ -504,6 +514,6 @@ def test_units_flow_through_ray_into_the_writer(tmp_path: Path) -> None:
     assert sorted((row["unit"], row["records"]) for row in results) == [(0, 4), (1, 4), (2, 3)]
     summary = write_summary(str(tmp_path), inputs=11, config={}, run=RunWork(1.0, 1, 1), versions={})
     assert (summary["written"], summary["rejected"]) == (10, 1)
-    assert len(list(wds.WebDataset(str(tmp_path / "shards" / "00000.tar"), shardshuffle=False))) == 3
+    assert len(list(wds.WebDataset(str(tmp_path / "webdataset" / "00000.tar"), shardshuffle=False))) == 3
     assert np.load(tmp_path / "embeddings" / "img_emb" / "img_emb_00002.npy").shape == (3, DIM)
     assert tuple(unit_writer.SELECTABLE) == ALL_FORMATS

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -331,14 +330,10 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_decompression_bomb_is_refused_without_decoding(width: int, height: int, no_decoding, engine):
     data = png_claiming(width, height)
     assert len(data) < 200
-    start = time.perf_counter()
     with pytest.raises(InputError, match="image too large"):
-        prepare_image(data, RES)
-    assert time.perf_counter() - start < 1.0
-    start = time.perf_counter()
+        prepare_image(data, RES)  # refused from the header: ``no_decoding`` fails any pixel decode
     result = _engine_result(engine, data)
     assert not result.ok and "image too large" in result.error
-    assert time.perf_counter() - start < 1.0
 
 
 def test_bomb_header_is_valid_png():
@@ -423,5 +418,11 @@ def test_strings_start_a_chain_from_text_not_from_an_image(engine: UniDiffuserEn
     assert result.ok and result.hops[0].image is not None
 
 
-def test_input_error_is_a_value_error():
-    assert issubclass(InputError, ValueError)
+@pytest.mark.parametrize("prompt", ["\u200b", "\x00\x00", "\ufeff \u200d\t", "\u2060\u00a0"])
+def test_prompts_of_invisible_characters_are_empty(prompt: str, engine):
+    """Zero-width, NUL and other invisible characters alone are as empty as a blank prompt."""
+    with pytest.raises(InputError, match="empty prompt"):
+        check_prompt(prompt)
+    (result,) = engine.t2i([prompt], seeds=[0])
+    assert result.error == "empty prompt"
+    assert check_prompt("a\u200bcat") == "a\u200bcat"  # visible text with one inside is a prompt
