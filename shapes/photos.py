@@ -37,7 +37,8 @@ def photo_like(height: int, width: int, seed: int) -> np.ndarray:
             rng.uniform(0, width / max(height, width)),
             rng.uniform(0.05, 0.3),
         )
-        edge = 1.0 / (1.0 + np.exp(((y - cy) ** 2 + (x - cx) ** 2 - r * r) / (r * rng.uniform(0.005, 0.05))))
+        distance = ((y - cy) ** 2 + (x - cx) ** 2 - r * r) / (r * rng.uniform(0.005, 0.05))
+        edge = 0.5 * (1.0 - np.tanh(distance / 2))  # a logistic step, without exp's overflow
         image += edge[..., None] * rng.uniform(-70, 70, 3)
     image += rng.uniform(90, 165, 3) + rng.normal(0.0, 2.0, image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)

@@ -1,45 +1,58 @@
-"""Invisible watermark in the pixels of a generated image: ``invisible-watermark``'s DWT-DCT method, the one
-Stable Diffusion's reference scripts and diffusers' SDXL pipeline apply, with a payload derived from the job.
+"""Invisible watermark in the pixels of a generated image, with ``invisible-watermark`` (``imwatermark``) and a
+payload derived from the job: applied to uint8 RGB arrays before they are encoded.
 
-    payload = watermark_payload("job fingerprint or name")   # 6 bytes of sha256 -> 48 bits
-    marked = embed_watermark(pixels, payload)               # uint8 RGB HxWx3 in, same shape out
-    watermark_match(marked, payload)                        # 1.0; about 0.5 on an unmarked image
-    is_watermarked(marked, payload)                         # match >= DETECTION_THRESHOLD
+    payload = watermark_payload("job fingerprint or name")    # 6 bytes of sha256 -> 48 bits
+    marked = embed_watermark(pixels, payload)                # uint8 RGB HxWx3 in, same shape out
+    watermark_match(marked, payload)                         # 1.0; about 0.5 on an unmarked image
+    is_watermarked(marked, payload)                          # match >= DETECTION_THRESHOLD
 
-What the package really does (imwatermark 0.2.0, ``watermark.py`` and ``maxDct.py``), made explicit here:
+Two of the package's methods are offered. ``dwtDct`` is the one Stable Diffusion's reference scripts and
+diffusers' SDXL watermarker use; ``dwtDctSvd`` (the default here) is the same scheme with the DCT and SVD the
+name promises. What imwatermark 0.2.0 really does (``watermark.py``, ``maxDct.py``, ``dwtDctSvd.py``), and what
+follows for callers:
 
-- **Size**: it refuses images under 256x256 pixels in area (``r*c < 256*256``, ``RuntimeError``); the bits are
-  repeated over 4x4 blocks of the Haar LL band (one block per 8x8 pixels), so every bit needs a block:
+- **Size**: both refuse images under 256x256 pixels in area (``r*c < 256*256``: a bare ``RuntimeError``). The
+  bits are repeated over 4x4 blocks of the Haar LL band (one block per 8x8 pixels): every bit needs a block,
   ``(H//8) * (W//8) >= bits``. ``WatermarkError`` names both limits before the package is called. The demo
-  model's 64 px images are below the limit: they must be upscaled to be marked at all.
-- **Channels**: it takes OpenCV's BGR order (``cv2.COLOR_BGR2YUV``) and embeds in the U channel only
-  (scales ``[0, 36, 36]``, the loop covers channels 0 and 1). Arrays here are RGB: they are flipped on the way in
-  and out, so marks read the same as Stable Diffusion's (which flips RGB to BGR the same way).
-- **Bits**: any length; read back as bytes, so payloads are whole bytes. A bit is the mean vote of its blocks.
-- **Saturation**: the embedded U values are written back into a uint8 array without clipping, so images whose
-  chroma sits at the edge of the range (pure white, blue, yellow) do not keep the mark. ``embed_watermark``
-  therefore reads its own result back and raises ``WatermarkError`` unless every bit survives.
+  model's 64 px images are too small: they must be upscaled to be marked at all.
+- **Channels**: the package takes OpenCV's BGR order (``cv2.COLOR_BGR2YUV``) and embeds in the U channel only
+  (scales ``[0, 36, 36]`` / ``[0, 36, 0]``, the loop covers channels 0 and 1). Arrays here are RGB: they are
+  flipped on the way in and out, exactly as Stable Diffusion's scripts flip them, so marks read the same.
+- **Bits**: any length; decoded as bytes, so payloads are whole bytes. A bit is the mean vote of its blocks.
+- **dwtDct embeds in the wavelet band itself** (no DCT is ever taken: upstream issues #2 and #39, fix #43 not
+  merged): it quantises each block's largest-magnitude coefficient and looks for the largest again when
+  decoding, and on textured images the largest moves, so bits are lost with no attack at all. It also does not
+  survive JPEG's default 4:2:0 chroma subsampling (issue #11). ``dwtDctSvd`` quantises each block's largest
+  singular value of its DCT: it keeps every bit on textured images and survives JPEG down to quality 75
+  (``bench/provenance.py``). It costs about 2.3x dwtDct's time.
+- **Saturation**: the embedded U values are written back into a uint8 array without clipping and converted
+  back to BGR with saturation, so images whose chroma sits at the edge of the range (large pure white, blue or
+  yellow areas) do not keep the mark. ``embed_watermark`` reads its own result back and raises
+  ``WatermarkError`` unless every bit survives.
 - **Unmarked images** read as near-constant bits (flat regions decode to 0), so a payload is compared bit by
-  bit (``watermark_match``) and called present only from ``DETECTION_THRESHOLD`` (44 of 48 bits; a uniformly
-  random 48-bit read reaches it with probability below 1e-9).
+  bit (``watermark_match``) and called present from ``DETECTION_THRESHOLD`` on (44 of 48 bits: a uniformly
+  random 48-bit read gets there with probability below 1e-9).
 
-**Default: off in job specs; opt in.** The XMP mark is the machine-readable marking (Art. 50(2)) every image
-gets; the watermark is a second, weaker signal with costs a dataset publisher should choose knowingly:
+**Default: off in job specs; opt in.** The XMP mark every image gets is the machine-readable marking
+(AI Act Art. 50(2)); this watermark is a second signal whose costs a dataset publisher should choose knowingly:
 it changes the model's pixels (the written image is no longer the engine's bitwise output, and a model trained
-on the dataset sees the pattern), it cannot mark images under 256x256 (the demo model's) nor saturated ones,
-and DWT-DCT is not robust: ``bench/provenance.py`` measures it surviving mild JPEG re-encoding but not
-resizing or cropping (docs/benchmarks.md, "Provenance marks"). A spec that wants it for published
+on the dataset sees the pattern; PSNR about 35-45 dB), it cannot mark images under 256x256 (the demo model's)
+nor saturated ones (one more per-record failure mode), it costs a sizeable fraction of generation time at
+full size, and neither method survives resizing or cropping (``bench/provenance.py``, figures in
+docs/benchmarks.md, "Provenance marks"): anyone who wants to strip it downsizes the image. A spec that publishes
 high-resolution images turns it on with a payload identity.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-METHOD = "dwtDct"
+WatermarkMethod = Literal["dwtDctSvd", "dwtDct"]
+DEFAULT_METHOD: WatermarkMethod = "dwtDctSvd"
+METHODS: tuple[WatermarkMethod, ...] = ("dwtDctSvd", "dwtDct")
 MIN_PIXELS = 256 * 256  # imwatermark's own limit on rows * columns
 DEFAULT_PAYLOAD_BYTES = 6
 DETECTION_THRESHOLD = 44 / 48
@@ -63,13 +76,15 @@ def _imwatermark() -> Any:
     return imwatermark
 
 
-def _check(pixels: np.ndarray, bits: int) -> None:
+def _check(pixels: np.ndarray, bits: int, method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown watermark method {method!r} (expected one of {', '.join(METHODS)})")
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise WatermarkError(f"expected a uint8 HxWx3 RGB array, got {pixels.dtype} {pixels.shape}")
     height, width = pixels.shape[:2]
     if height * width < MIN_PIXELS:
         raise WatermarkError(
-            f"image of {width}x{height} is too small for the {METHOD} watermark: it needs at least "
+            f"image of {width}x{height} is too small for the {method} watermark: it needs at least "
             f"{MIN_PIXELS} pixels (256x256)"
         )
     blocks = (height // 8) * (width // 8)
@@ -79,34 +94,46 @@ def _check(pixels: np.ndarray, bits: int) -> None:
         )
 
 
-def embed_watermark(pixels: np.ndarray, payload: bytes) -> np.ndarray:
+def _bgr(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(pixels[:, :, ::-1])
+
+
+def embed_watermark(
+    pixels: np.ndarray, payload: bytes, method: WatermarkMethod = DEFAULT_METHOD
+) -> np.ndarray:
     """``pixels`` (uint8 RGB HxWx3) with ``payload`` embedded; ``WatermarkError`` if it cannot be, or if the
     image does not keep every bit (read back at once)."""
     pixels = np.asarray(pixels)
     if not payload:
         raise ValueError("watermark payload is empty")
-    _check(pixels, 8 * len(payload))
+    bits = 8 * len(payload)
+    _check(pixels, bits, method)
     encoder = _imwatermark().WatermarkEncoder()
     encoder.set_watermark("bytes", payload)
-    bgr = encoder.encode(np.ascontiguousarray(pixels[:, :, ::-1]), METHOD)
-    marked = np.ascontiguousarray(bgr[:, :, ::-1])
-    kept = _bit_agreement(detect_watermark(marked, 8 * len(payload)), payload)
-    if kept < 8 * len(payload):
+    marked = _bgr(encoder.encode(_bgr(pixels), method))
+    kept = _bit_agreement(detect_watermark(marked, bits, method), payload)
+    if kept < bits:
         raise WatermarkError(
-            f"image does not keep the watermark: {kept} of {8 * len(payload)} bits read back "
-            "(saturated colours leave the DWT-DCT no room)"
+            f"image does not keep the {method} watermark: {kept} of {bits} bits read back"
+            + (
+                " (saturated colours leave it no room)"
+                if method == "dwtDctSvd"
+                else " (it loses bits on texture)"
+            )
         )
     return marked
 
 
-def detect_watermark(pixels: np.ndarray, payload_bits: int) -> bytes:
+def detect_watermark(
+    pixels: np.ndarray, payload_bits: int, method: WatermarkMethod = DEFAULT_METHOD
+) -> bytes:
     """The ``payload_bits`` (a multiple of 8) read from ``pixels`` (uint8 RGB HxWx3), whether marked or not."""
     if payload_bits <= 0 or payload_bits % 8:
         raise ValueError(f"payload_bits must be a positive multiple of 8, got {payload_bits}")
     pixels = np.asarray(pixels)
-    _check(pixels, payload_bits)
+    _check(pixels, payload_bits, method)
     decoder = _imwatermark().WatermarkDecoder("bytes", payload_bits)
-    return bytes(decoder.decode(np.ascontiguousarray(pixels[:, :, ::-1]), METHOD))
+    return bytes(decoder.decode(_bgr(pixels), method))
 
 
 def _bit_agreement(found: bytes, payload: bytes) -> int:
@@ -114,11 +141,16 @@ def _bit_agreement(found: bytes, payload: bytes) -> int:
     return int(same.sum())
 
 
-def watermark_match(pixels: np.ndarray, payload: bytes) -> float:
+def watermark_match(pixels: np.ndarray, payload: bytes, method: WatermarkMethod = DEFAULT_METHOD) -> float:
     """The fraction of ``payload``'s bits read back from ``pixels``: 1.0 when intact, about 0.5 by chance."""
-    return _bit_agreement(detect_watermark(pixels, 8 * len(payload)), payload) / (8 * len(payload))
+    return _bit_agreement(detect_watermark(pixels, 8 * len(payload), method), payload) / (8 * len(payload))
 
 
-def is_watermarked(pixels: np.ndarray, payload: bytes, threshold: float = DETECTION_THRESHOLD) -> bool:
+def is_watermarked(
+    pixels: np.ndarray,
+    payload: bytes,
+    method: WatermarkMethod = DEFAULT_METHOD,
+    threshold: float = DETECTION_THRESHOLD,
+) -> bool:
     """Whether ``pixels`` carry ``payload``: at least ``threshold`` of its bits read back."""
-    return watermark_match(pixels, payload) >= threshold
+    return watermark_match(pixels, payload, method) >= threshold
