@@ -18,8 +18,16 @@ What the C2PA SDK (c2pa-rs certificate profile, C2PA spec 14.5) requires of the 
 - key usage with ``digitalSignature`` (not ``keyCertSign`` on an end-entity certificate);
 - an extended key usage with ``id-kp-emailProtection`` or ``id-kp-documentSigning`` (or the C2PA / Microsoft
   C2PA signing OIDs), never ``anyExtendedKeyUsage``;
-- an authority key identifier; an end-entity certificate (not a CA), so not self-signed: the SDK refuses
-  those. The chain file holds the signing certificate first, then its intermediates.
+- an authority key identifier; an end-entity certificate, not a CA (so not a self-signed root; a self-signed
+  end-entity certificate signs, and verifies as trusted only where it is itself a trust anchor).
+  The chain file holds the signing certificate first, then its intermediates.
+
+The SDK refuses each of these itself (checked with c2pa-python 0.38.1), but says only "the certificate is
+invalid"; these checks name what is wrong.
+
+Without a timestamp authority the signature carries no trusted time, so verifiers check the certificate's
+validity at the time they verify: once it expires, the manifests it signed no longer verify. Published datasets
+should be signed with ``tsa_url`` set (a machine that can reach the TSA).
 
 A manifest is "valid" when its signature checks and the signing chain leads to one of ``trust_anchors``;
 "untrusted" when it checks but no anchor is given or matches; "invalid" when a hash or signature fails.

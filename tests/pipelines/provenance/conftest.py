@@ -137,7 +137,7 @@ def make_ca(common_name: str) -> CertificateAuthority:
 
 @dataclass(frozen=True)
 class Credentials:
-    chain: bytes  # PEM: the signing certificate, then the CA's
+    chain: bytes  # PEM: the signing certificate, then the CA's (unless self-signed)
     key: bytes  # PEM PKCS#8
     private_key: ec.EllipticCurvePrivateKey
 
@@ -151,9 +151,15 @@ def root_ca() -> CertificateAuthority:
 
 
 @pytest.fixture(scope="session")
+def other_ca() -> CertificateAuthority:
+    """A root that did not issue the test signer."""
+    return make_ca("an unrelated root")
+
+
+@pytest.fixture(scope="session")
 def issue(root_ca: CertificateAuthority) -> IssueCertificate:
     """``issue(**changes)``: an end-entity signing certificate from ``root_ca`` with C2PA's key usages
-    (digitalSignature, emailProtection EKU, AKI/SKI), or with one of them changed to make it wrong."""
+    (digitalSignature, emailProtection EKU, AKI/SKI), or with one of them changed (``self_signed``: no CA)."""
 
     def issue_certificate(
         *,
@@ -163,14 +169,18 @@ def issue(root_ca: CertificateAuthority) -> IssueCertificate:
         is_ca: bool = False,
         days: tuple[int, int] = (-1, 30),
         curve: ec.EllipticCurve | None = None,
+        self_signed: bool = False,
     ) -> Credentials:
-        issuer = ca or root_ca
         key = ec.generate_private_key(curve or ec.SECP256R1())
+        issuer = ca or root_ca
+        subject = _name("unidiffuser-batch test signer")
+        # a self-signed one is its own issuer, and its chain is itself
+        issuer_name, issuer_key = (subject, key) if self_signed else (issuer.certificate.subject, issuer.key)
         now = dt.datetime.now(dt.UTC)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name("unidiffuser-batch test signer"))
-            .issuer_name(issuer.certificate.subject)
+            .subject_name(subject)
+            .issuer_name(issuer_name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now + dt.timedelta(days=days[0]))
@@ -179,13 +189,13 @@ def issue(root_ca: CertificateAuthority) -> IssueCertificate:
             .add_extension(_usage(signature=digital_signature, cert_sign=is_ca), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
             )
         )
         if ekus:
             builder = builder.add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
-        cert = builder.sign(issuer.key, hashes.SHA256())
-        return Credentials(_pem(cert) + issuer.pem, _key_pem(key), key)
+        cert = builder.sign(issuer_key, hashes.SHA256())
+        return Credentials(_pem(cert) + (b"" if self_signed else issuer.pem), _key_pem(key), key)
 
     return issue_certificate
 
