@@ -23,8 +23,9 @@ follows for callers:
   merged): it quantises each block's largest-magnitude coefficient and looks for the largest again when
   decoding, and on textured images the largest moves, so bits are lost with no attack at all. It also does not
   survive JPEG's default 4:2:0 chroma subsampling (issue #11). ``dwtDctSvd`` quantises each block's largest
-  singular value of its DCT: it keeps every bit on textured images and survives JPEG down to quality 75
-  (``bench/provenance.py``). It costs about 2.3x dwtDct's time.
+  singular value of its DCT: it keeps every bit on textured images and survives JPEG at quality 90 (every
+  image measured), mostly at 75 on textured images (14 of 16), not at 50 (``bench/provenance.py``). It costs
+  about 2.4x dwtDct's time.
 - **Saturation**: the embedded U values are written back into a uint8 array without clipping and converted
   back to BGR with saturation, so images whose chroma sits at the edge of the range (large pure white, blue or
   yellow areas) do not keep the mark. ``embed_watermark`` reads its own result back and raises
@@ -37,8 +38,9 @@ follows for callers:
 (AI Act Art. 50(2)); this watermark is a second signal whose costs a dataset publisher should choose knowingly:
 it changes the model's pixels (the written image is no longer the engine's bitwise output, and a model trained
 on the dataset sees the pattern; PSNR about 35-45 dB), it cannot mark images under 256x256 (the demo model's)
-nor saturated ones (one more per-record failure mode), it costs a sizeable fraction of generation time at
-full size, and neither method survives resizing or cropping (``bench/provenance.py``, figures in
+nor saturated ones (one more per-record failure mode), it costs CPU time (embedding and the read-back:
+35-50 ms at 256 px, 180-310 ms at 512 px on one thread, 0.6-0.8x the demo model's whole 64 px generation), and
+neither method survives resizing to half size or an 80 % crop (``bench/provenance.py``, figures in
 docs/benchmarks.md, "Provenance marks"): anyone who wants to strip it downsizes the image. A spec that publishes
 high-resolution images turns it on with a payload identity.
 """
