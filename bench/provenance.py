@@ -30,6 +30,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,7 @@ def _survived(files: dict[str, bytes], found: dict[str, bytes]) -> dict:
 
 
 def through_webdataset(files: dict[str, bytes], folder: Path) -> dict:
-    import webdataset as wds
+    import webdataset as wds  # type: ignore[import-untyped]
 
     path = folder / "shard-000000.tar"
     with tarfile.open(path, "w") as tar:
@@ -181,7 +182,7 @@ def through_webdataset(files: dict[str, bytes], folder: Path) -> dict:
 
 
 def through_datasets(files: dict[str, bytes], folder: Path) -> dict:
-    import datasets
+    import datasets  # type: ignore[import-untyped]
 
     table = datasets.Dataset.from_dict(
         {"name": list(files), "image": [{"bytes": data, "path": None} for data in files.values()]}
@@ -335,20 +336,16 @@ def costs(checkpoint: str, batch: int, repeats: int) -> dict:
     rows: dict[str, float] = {}
     for ext in PIL_FORMATS:
         data = encode(image, ext)
-        rows[f"encode {ext} (64 px, reference)"] = _median_seconds(
-            lambda d=image, e=ext: encode(d, e), repeats
-        )
-        rows[f"XMP mark_image {ext}"] = _median_seconds(
-            lambda d=data, e=ext: mark_image(d, e, RECORD), repeats
-        )
+        rows[f"encode {ext} (64 px, reference)"] = _median_seconds(partial(encode, image, ext), repeats)
+        rows[f"XMP mark_image {ext}"] = _median_seconds(partial(mark_image, data, ext, RECORD), repeats)
         rows[f"C2PA sign_image {ext}"] = _median_seconds(
-            lambda d=data, e=ext: sign_image(d, e, signer, RECORD), repeats
+            partial(sign_image, data, ext, signer, RECORD), repeats
         )
     for side in (256, 512):
         big = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BICUBIC))
         for method in METHODS:
             rows[f"watermark {method} embed+check {side} px"] = _median_seconds(
-                lambda b=big, m=method: embed_watermark(b, payload, m), max(3, repeats // 10)
+                partial(embed_watermark, big, payload, method), max(3, repeats // 10)
             )
     return {
         "generate_s_per_image": generate_s,
