@@ -61,7 +61,7 @@ def test_training_is_deterministic(tmp_path: Path):
     assert first["parts"]["not_safe"]["positives"] > 0
 
 
-def test_embeddings_are_the_score_stage_s():
+def test_embeddings_are_those_of_the_score_stage():
     """What the heads were trained on is what the pipeline will give them."""
     world = ShapesWorld(0)
     samples = [world.sample(i, "val") for i in range(40)]

@@ -67,7 +67,8 @@ def test_valid_heads_have_no_problems(tmp_path: Path):
     dim = clip_embedding_dim(str(clip))
     assert dim == 16
     assert validate_head(HeadSpec(name="a", kind="mlp", uri=str(mlp_head(tmp_path / "a", dim))), dim) == []
-    torch.save(torch.nn.Linear(dim, 1).state_dict(), (tmp_path / "v1").mkdir() or tmp_path / "v1" / "sa.pth")
+    (tmp_path / "v1").mkdir()
+    torch.save(torch.nn.Linear(dim, 1).state_dict(), tmp_path / "v1" / "sa_0_4_vit_l_14_linear.pth")
     assert validate_head(HeadSpec(name="b", kind="laion_aesthetic", uri=str(tmp_path / "v1")), dim) == []
 
 

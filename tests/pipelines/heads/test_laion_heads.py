@@ -195,3 +195,10 @@ def test_missing_folder_and_two_weight_files(tmp_path: Path):
     torch.save(aesthetic_v2(16).state_dict(), folder / "b.pth")
     with pytest.raises(HeadError, match=r"several weight files \(a.pth, b.pth\)"):
         load_head(HeadSpec(name="aesthetic", kind="laion_aesthetic", uri=str(folder)))
+
+
+def test_an_unreadable_weights_file_is_named(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "sac+logos+ava1-l14-linearMSE.pth").write_bytes(b"<!DOCTYPE html><html>not a model")
+    with pytest.raises(HeadError, match=r"cannot read weights .*sac\+logos\+ava1-l14-linearMSE.pth: "):
+        load_head(HeadSpec(name="aesthetic", kind="laion_aesthetic", uri=str(tmp_path / "a")))
