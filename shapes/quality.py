@@ -44,13 +44,22 @@ class ClipScorer:
     @torch.no_grad()
     def scores(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> torch.Tensor:
         """Cosine similarities (len(images), len(texts))."""
-        pixels = self.processor(images=[Image.fromarray(i) for i in images], return_tensors="pt")
         tokens = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
-        image = _features(self.model.get_image_features(**pixels.to(self.device))).float()
-        text = _features(self.model.get_text_features(**tokens.to(self.device))).float()
-        image = image / image.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        text = text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return (image @ text.T).cpu()
+        image = torch.from_numpy(self.image_embeddings(images, batch_size=max(1, len(images))))
+        text = _normalise(_features(self.model.get_text_features(**tokens.to(self.device))))
+        return image @ text.T
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """L2-normalised image embeddings (n, projection_dim) float32, computed as the pipeline's score stage
+        computes them: the folder's processor, ``get_image_features``, ``batch_size`` images per forward."""
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            part = [Image.fromarray(i) for i in images[start : start + batch_size]]
+            pixels = self.processor(images=part, return_tensors="pt").to(self.device)
+            chunks.append(_normalise(_features(self.model.get_image_features(**pixels))))
+        dim = self.model.config.projection_dim
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, dim), np.float32)
 
     def auc(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> float:
         """Matched (image i, text i) against shuffled (image i, text i + n/2) pairs."""
@@ -63,6 +72,11 @@ class ClipScorer:
 
 def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _normalise(features: torch.Tensor) -> torch.Tensor:
+    features = features.float()
+    return (features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu()
 
 
 @dataclass
