@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pipelines.stages.pixels import to_bytes
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
 from pipelines.heads import HeadSpec, load_head
-from pipelines.stages.pixels import to_bytes
 from pipelines.stages.score import ClipScoreStage
 from shapes.clip import roc_auc
 from shapes.heads import HeadsConfig, HeadTrainConfig, composition_score, is_not_safe, spearman, train_heads
