@@ -1,9 +1,10 @@
-"""Exact search for inputs that fit: faiss ``IndexFlatIP`` and ``range_search``, a chunk of queries at a time.
+"""Exact search: faiss ``IndexFlatIP`` and ``range_search``, a chunk of queries at a time.
 
 The index holds every row; each chunk of query rows (reconstructed from the index itself, so a Ray task
 needs nothing but the index) is range-searched for inner products at or above the threshold. Chunks are
 sized so that one chunk's results stay below ``RANGE_RESULTS_BUDGET`` entries even if every query matched
-every row; a similarity matrix of all rows is never formed.
+every row; a similarity matrix of all rows is never formed. ``range_search_block`` is the same faiss kernel
+(``faiss.range_search_inner_product``) between two arrays, without an index: the IVF search's step.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from pipelines.dedup.pairs import SIMILARITY_TOLERANCE, PairRules, Pairs
+from pipelines.dedup.pairs import PairRules, Pairs
 from pipelines.dedup.vectors import VectorSource
 
 RANGE_RESULTS_BUDGET = 1 << 25  # entries (12 bytes each) of one chunk's range-search result, at most
@@ -60,12 +61,43 @@ def range_search(
     phashes: np.ndarray | None,
 ) -> Pairs:
     """Range search ``queries`` (source rows ``query_rows``) against ``index``."""
-    # faiss keeps inner products strictly above the radius; the rules then apply the exact bound
-    radius = np.nextafter(np.float32(rules.threshold - SIMILARITY_TOLERANCE), np.float32(-np.inf))
-    limits, similarity, partners = index.range_search(np.ascontiguousarray(queries), float(radius))
+    limits, similarity, partners = index.range_search(np.ascontiguousarray(queries), rules.radius)
+    return _pairs(limits, similarity, partners, query_rows, None, rules, phashes)
+
+
+def range_search_block(
+    queries: np.ndarray,
+    base: np.ndarray,
+    query_rows: np.ndarray,
+    base_rows: np.ndarray,
+    rules: PairRules,
+    phashes: np.ndarray | None = None,
+) -> Pairs:
+    """The pairs between two float32 blocks (rows named by ``query_rows`` / ``base_rows``) that count."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    nq, nb = int(queries.shape[0]), int(base.shape[0])
+    if nq == 0 or nb == 0:
+        return Pairs.empty()
+    result = faiss.RangeSearchResult(nq)
+    faiss.range_search_inner_product(
+        faiss.swig_ptr(queries), faiss.swig_ptr(base), int(queries.shape[1]), nq, nb, rules.radius, result
+    )
+    limits = faiss.rev_swig_ptr(result.lims, nq + 1).astype(np.int64)
+    total = int(limits[-1])
+    if total == 0:
+        return Pairs.empty()
+    similarity = faiss.rev_swig_ptr(result.distances, total).copy()
+    partners = faiss.rev_swig_ptr(result.labels, total).copy()
+    return _pairs(limits, similarity, partners, query_rows, base_rows, rules, phashes)
+
+
+def _pairs(limits, similarity, partners, query_rows, base_rows, rules: PairRules, phashes) -> Pairs:
     bounds = np.asarray(limits, dtype=np.int64)
-    counts = bounds[1:] - bounds[:-1]
-    left = np.repeat(query_rows, counts)
-    keep = similarity >= rules.threshold - SIMILARITY_TOLERANCE
-    found = Pairs(left[keep], partners[keep].astype(np.int64), similarity[keep].astype(np.float32))
+    left = np.repeat(np.asarray(query_rows, dtype=np.int64), bounds[1:] - bounds[:-1])
+    right = (
+        partners.astype(np.int64) if base_rows is None else np.asarray(base_rows, dtype=np.int64)[partners]
+    )
+    keep = rules.counts(similarity)
+    found = Pairs(left[keep], right[keep], similarity[keep].astype(np.float32))
     return rules.finish(found, phashes)

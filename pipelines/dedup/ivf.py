@@ -7,10 +7,10 @@ float32 array (rows grouped by list) with the source row of each stored row and 
 ``IndexIVFFlat``'s inverted lists have, in one block, so that Ray tasks read it zero-copy from the object
 store. A query finds the rows of the lists it probes whose inner product is at or above the threshold, which
 is what ``IndexIVFFlat.range_search`` with the same ``nprobe`` returns (tested); but instead of walking the
-lists query by query, ``search_lists`` takes one list at a time and multiplies the block of queries that
-probe it with the block of its rows (BLAS), in tiles of bounded size: measured 2-5x faster than
-``range_search`` on the development machine (docs/benchmarks.md), and the memory of a step never exceeds one
-``tile x tile`` block however unbalanced the lists are.
+lists query by query, ``search_lists`` takes one list at a time and range-searches the block of queries that
+probe it against the block of its rows (faiss's ``range_search_inner_product``, a BLAS product), in tiles
+of bounded size: several times faster than ``IndexIVFFlat.range_search`` on the development machine, and
+the memory of a step never exceeds one ``tile x tile`` block however unbalanced the lists are.
 
 Parameters (``ivf_lists``): ``nlist`` = the power of two nearest ``LISTS_PER_SQRT_N * sqrt(n)`` (at least 1,
 at most ``MAX_LISTS``), trained on ``TRAIN_ROWS_PER_LIST`` rows per list in ``TRAIN_ITERATIONS`` k-means
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from pipelines.dedup.flat import range_search_block
 from pipelines.dedup.pairs import PairRules, Pairs
 from pipelines.dedup.vectors import VectorSource
 
@@ -152,9 +153,16 @@ def search_lists(
         for q_start in range(0, len(queries), TILE_ROWS):
             query_tile = queries[q_start : q_start + TILE_ROWS]
             query_vectors = vectors[query_tile]
-            query_source = source_rows[query_tile]
             for b_start in range(base_start, base_stop, TILE_ROWS):
                 b_stop = min(b_start + TILE_ROWS, base_stop)
-                similarity = query_vectors @ vectors[b_start:b_stop].T
-                found.append(rules.block(similarity, query_source, source_rows[b_start:b_stop], phashes))
+                found.append(
+                    range_search_block(
+                        query_vectors,
+                        vectors[b_start:b_stop],
+                        source_rows[query_tile],
+                        source_rows[b_start:b_stop],
+                        rules,
+                        phashes,
+                    )
+                )
     return rules.finish(Pairs.concat(found), None) if found else Pairs.empty()

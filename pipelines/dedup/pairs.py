@@ -96,21 +96,15 @@ class PairRules:
     max_neighbours: int | None = None
     max_hamming: int | None = None  # with pHashes given: keep pairs at most this many bits apart
 
-    def block(
-        self,
-        similarity: np.ndarray,
-        query_rows: np.ndarray,
-        base_rows: np.ndarray,
-        phashes: np.ndarray | None,
-    ) -> Pairs:
-        """The pairs of a ``[len(query_rows), len(base_rows)]`` similarity block that count."""
-        qi, bj = np.nonzero(similarity >= self.threshold - SIMILARITY_TOLERANCE)
-        found = Pairs(
-            query_rows[qi].astype(np.int64),
-            base_rows[bj].astype(np.int64),
-            similarity[qi, bj].astype(np.float32),
-        )
-        return self.finish(found, phashes)
+    @property
+    def radius(self) -> float:
+        """The radius to give faiss's range searches, which keep inner products strictly above it."""
+        bound = np.float32(self.threshold - SIMILARITY_TOLERANCE)
+        return float(np.nextafter(bound, np.float32(-np.inf)))
+
+    def counts(self, similarity: np.ndarray) -> np.ndarray:
+        """Which similarities count (the exact bound, after a range search's radius)."""
+        return similarity >= self.threshold - SIMILARITY_TOLERANCE
 
     def finish(self, found: Pairs, phashes: np.ndarray | None) -> Pairs:
         """Self-pairs dropped, the pHash restriction and the cap applied."""

@@ -31,6 +31,9 @@ counts only when the two images' pHashes are also at most that many bits apart.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,9 +42,10 @@ import numpy as np
 
 from pipelines.dedup import flat, ivf
 from pipelines.dedup.pairs import SIMILARITY_TOLERANCE, PairRules, Pairs, cap_per_query
-from pipelines.dedup.tasks import ray_cpus, ray_running, run_tasks
+from pipelines.dedup.tasks import driver_threads, ray_cpus, ray_running, run_tasks
 from pipelines.dedup.vectors import ArrayVectors, ConcatVectors, VectorSource
 
+LOG = logging.getLogger(__name__)
 Method = Literal["auto", "exact", "ivf"]
 Parallel = Literal["auto", "driver", "ray"]
 CHUNK_ROWS = 16384
@@ -61,7 +65,8 @@ class SearchConfig:
     max_hamming: int | None = None  # pHash restriction, used when pHashes are given
     parallel: Parallel = "auto"
     ray_min_vectors: int = 200_000  # "auto" uses Ray from this many rows (when Ray is initialised)
-    tasks_per_cpu: int = 4  # Ray tasks per cluster CPU
+    threads: int | None = None  # driver threads; None: the CPUs this process may use
+    tasks_per_cpu: int = 4  # tasks per driver thread or Ray CPU
     seed: int = 0  # k-means seed of the IVF quantizer
 
     def __post_init__(self) -> None:
@@ -70,8 +75,9 @@ class SearchConfig:
         for name in ("exact_max_vectors", "nprobe", "ray_min_vectors", "tasks_per_cpu"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.nlist is not None and self.nlist < 1:
-            raise ValueError(f"nlist must be at least 1, got {self.nlist}")
+        for name in ("nlist", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 or None, got {getattr(self, name)}")
         if self.max_neighbours is not None and self.max_neighbours < 1:
             raise ValueError(f"max_neighbours must be at least 1 or None, got {self.max_neighbours}")
         if self.max_hamming is not None and not 0 <= self.max_hamming <= 64:
@@ -88,13 +94,21 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """How a search over ``rows`` vectors runs."""
+    """How a search over ``rows`` vectors runs: method, IVF parameters, where the tasks run."""
 
     rows: int
     method: Literal["exact", "ivf"]
     nlist: int | None
     nprobe: int | None
     use_ray: bool
+    workers: int  # driver threads, or the Ray cluster's CPUs
+    tasks: int  # how many parts the work is split into (at least)
+
+    def run(self, function, shared: list, args) -> Iterator:
+        """Run the plan's tasks (``function(*shared, *each of args)``) where the plan says."""
+        return run_tasks(
+            function, shared, args, use_ray=self.use_ray, threads=self.workers, max_in_flight=2 * self.workers
+        )
 
 
 def plan_search(rows: int, config: SearchConfig) -> SearchPlan:
@@ -105,10 +119,12 @@ def plan_search(rows: int, config: SearchConfig) -> SearchPlan:
     use_ray = config.parallel == "ray" or (
         config.parallel == "auto" and rows >= config.ray_min_vectors and ray_running()
     )
+    workers = ray_cpus() if use_ray else (config.threads or driver_threads())
+    tasks = workers * config.tasks_per_cpu
     if method == "exact":
-        return SearchPlan(rows, "exact", None, None, use_ray)
+        return SearchPlan(rows, "exact", None, None, use_ray, workers, tasks)
     nlist = min(config.nlist or ivf.ivf_lists(rows), max(rows, 1))
-    return SearchPlan(rows, "ivf", nlist, min(config.nprobe, nlist), use_ray)
+    return SearchPlan(rows, "ivf", nlist, min(config.nprobe, nlist), use_ray, workers, tasks)
 
 
 def find_pairs(vectors: VectorSource, config: SearchConfig, *, phashes: np.ndarray | None = None) -> Pairs:
@@ -141,34 +157,37 @@ def _search(
         results = _exact_tasks(source, queries_from, plan, rules, hashes, config)
     else:
         results = _ivf_tasks(source, queries_from, plan, rules, hashes, config)
+    started = time.perf_counter()
     collected = _Collector(config.max_neighbours)
     for part in results:
         collected.add(part)
-    return collected.result()
+    pairs = collected.result()
+    LOG.info("%s search of %d queries: %d pairs in %.1f s", plan.method, n - queries_from, len(pairs),
+             time.perf_counter() - started)  # fmt: skip
+    return pairs
 
 
 def _exact_tasks(source, queries_from, plan, rules, hashes, config):
     index = flat.flat_index(source, CHUNK_ROWS)
-    step = flat.query_chunk_rows(plan.rows)
+    queries = plan.rows - queries_from
+    step = min(flat.query_chunk_rows(plan.rows), max(1, -(-queries // plan.tasks)))
     ranges = [(s, min(s + step, plan.rows)) for s in range(queries_from, plan.rows, step)]
     shared = faiss.serialize_index(index) if plan.use_ray else index
-    if plan.use_ray:
-        del index
     args = [(start, stop, rules, hashes) for start, stop in ranges]
-    return run_tasks(
-        flat.range_search_rows, [shared], args, use_ray=plan.use_ray, max_in_flight=_window(plan)
-    )
+    return plan.run(flat.range_search_rows, [shared], args)
 
 
 def _ivf_tasks(source, queries_from, plan, rules, hashes, config):
+    started = time.perf_counter()
     centroids = ivf.train_centroids(source, plan.nlist, seed=config.seed)
+    trained = time.perf_counter()
     layout = ivf.build_layout(source, centroids, nprobe=plan.nprobe, queries_from=queries_from)
-    tasks = ray_cpus() * config.tasks_per_cpu if plan.use_ray else 1
-    cuts = _balanced_cuts(layout, tasks)
+    LOG.info("ivf over %d rows: %d lists trained in %.1f s, rows placed and probes assigned (nprobe %d) "
+             "in %.1f s", plan.rows, plan.nlist, trained - started, plan.nprobe,
+             time.perf_counter() - trained)  # fmt: skip
+    cuts = _balanced_cuts(layout, plan.tasks)
     args = [(a, b, rules, hashes) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
-    shared = list(layout.arrays())
-    del layout
-    return run_tasks(ivf.search_lists, shared, args, use_ray=plan.use_ray, max_in_flight=_window(plan))
+    return plan.run(ivf.search_lists, list(layout.arrays()), args)
 
 
 def _balanced_cuts(layout: ivf.IvfLayout, tasks: int) -> list[int]:
@@ -180,10 +199,6 @@ def _balanced_cuts(layout: ivf.IvfLayout, tasks: int) -> list[int]:
     targets = total[-1] * np.arange(1, tasks) / tasks
     inner = np.searchsorted(total, targets, side="right") + 1
     return sorted({0, layout.nlist, *np.minimum(inner, layout.nlist).tolist()})
-
-
-def _window(plan: SearchPlan) -> int:
-    return 2 * ray_cpus() if plan.use_ray else 1
 
 
 class _Collector:
@@ -248,7 +263,7 @@ def nearest_matches(
     index = _base_index(base, config)
     shared = faiss.serialize_index(index) if plan.use_ray else index
     args = ((start, chunk, threshold) for start, chunk in queries.chunks(CHUNK_ROWS))
-    parts = list(run_tasks(_nearest_chunk, [shared], args, use_ray=plan.use_ray, max_in_flight=_window(plan)))
+    parts = list(plan.run(_nearest_chunk, [shared], args))
     query = np.concatenate([p.query for p in parts])
     order = np.argsort(query, kind="stable")
     return Matches(
