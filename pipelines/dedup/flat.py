@@ -39,14 +39,14 @@ def as_index(index: faiss.Index | np.ndarray) -> faiss.Index:
 
 def range_search_rows(
     index: faiss.Index | np.ndarray,
+    phashes: np.ndarray | None,
     start: int,
     stop: int,
     rules: PairRules,
-    phashes: np.ndarray | None = None,
 ) -> Pairs:
     """Pairs (query row, partner row) for the index's own rows ``start .. stop - 1`` as queries.
 
-    One Ray task (or one driver step) of the exact search.
+    One task of the exact search; ``phashes`` are those of the rows (or None).
     """
     index = as_index(index)
     queries = index.reconstruct_n(start, stop - start)

@@ -135,14 +135,15 @@ def search_lists(
     bounds: np.ndarray,
     probe_rows: np.ndarray,
     probe_bounds: np.ndarray,
+    phashes: np.ndarray | None,
     first_list: int,
     stop_list: int,
     rules: PairRules,
-    phashes: np.ndarray | None = None,
 ) -> Pairs:
     """Pairs (query source row, partner source row) found in lists ``first_list .. stop_list - 1``.
 
-    One Ray task (or one driver step) of the IVF search; the arrays are an ``IvfLayout``'s.
+    One task of the IVF search; the arrays are an ``IvfLayout``'s, ``phashes`` those of the source rows
+    (or None).
     """
     found = []
     for lst in range(first_list, stop_list):

@@ -11,19 +11,24 @@ The vectors are float32 and L2-normalised, so cosine = inner product. Three ques
 ``plan_search`` says how (and is what the searches follow):
 
 - ``exact`` (faiss ``IndexFlatIP.range_search``, pipelines/dedup/flat.py) up to
-  ``config.exact_max_vectors`` rows (measured in bench/dedup.py: exact and IVF cost the same near 10^4 rows,
-  exact all-pairs time grows as n^2 and reaches ~1 min at 3 x 10^4 on 2 cores; see docs/benchmarks.md);
+  ``config.exact_max_vectors`` rows, 20 000 by default: exact and IVF cost about the same at 10^4 rows of
+  768-d on the 2-core development machine (1.4 s and 0.8 s), exact all-pairs time grows as n^2 (7 s at
+  2 x 10^4, 19 s at 3 x 10^4), and below 2 x 10^4 a few seconds buy recall 1 (bench/dedup.py cost,
+  docs/benchmarks.md);
 - ``ivf`` above (pipelines/dedup/ivf.py): ``nlist`` = ``ivf_lists(n)`` (the power of two nearest 4 sqrt(n)),
-  ``nprobe`` = ``config.nprobe`` (16: recall of planted pairs >= 0.99 on random 768-d vectors, the hard case;
-  real embeddings are clustered and fare better). IVF misses pairs whose rows land in lists neither probes:
-  its recall is measured, not assumed.
+  ``nprobe`` = ``config.nprobe``, 16 by default: recall of planted pairs 0.998 at 10^5 and 0.994 at 10^6
+  random 768-d vectors with pairs from the threshold up (the hard case: real embeddings are clustered);
+  nprobe 4 / 8 / 32 gave 0.959 / 0.989 / 1.000 at 10^5. IVF misses pairs whose rows land in lists neither
+  probes: its recall is measured, not assumed.
 
-Work is split into tasks (chunks of queries for exact search, ranges of inverted lists for IVF) that run in
-the driver, or as Ray tasks reading one copy of the index from the object store when ``config.parallel``
-is ``"ray"``, or ``"auto"`` with at least ``config.ray_min_vectors`` rows and Ray already initialised (this
-code never starts Ray). Either way the result is the same: pairs are capped per query (``max_neighbours``,
-see pipelines/dedup/pairs.py) and made canonical, so memory stays within the index, one task's block and
-``rows x max_neighbours`` pairs; no ``n x n`` matrix is ever formed.
+Work is split into tasks (chunks of queries for exact search, ranges of inverted lists for IVF, about
+``tasks_per_cpu`` per worker) that run on driver threads, or as Ray tasks reading one copy of the index from
+the object store when ``config.parallel`` is ``"ray"``, or ``"auto"`` with at least ``config.ray_min_vectors``
+rows and Ray already initialised (this code never starts Ray). Training the IVF quantizer and assigning the
+rows to lists run in the driver either way. The result does not depend on where the tasks ran: pairs are
+capped per query (``max_neighbours``, see pipelines/dedup/pairs.py) and made canonical, so memory stays
+within the index, one task's block per worker and ``rows x max_neighbours`` pairs; no ``n x n`` matrix is
+ever formed.
 
 With ``phashes`` (one uint64 pHash per row, pipelines/dedup/phash.py) and ``config.max_hamming`` set, a pair
 counts only when the two images' pHashes are also at most that many bits apart.
@@ -112,7 +117,14 @@ class SearchPlan:
 
 
 def plan_search(rows: int, config: SearchConfig) -> SearchPlan:
-    """The method, IVF parameters and executor a search over ``rows`` vectors uses."""
+    """The method, IVF parameters and executor a search over ``rows`` vectors uses.
+
+    Raises RuntimeError when ``config.parallel`` is ``"ray"`` and Ray is not initialised.
+    """
+    if config.parallel == "ray" and not ray_running():
+        raise RuntimeError(
+            "parallel='ray' needs a running Ray (ray.init() first); the dedup code never starts it"
+        )
     method = config.method
     if method == "auto":
         method = "exact" if rows <= config.exact_max_vectors else "ivf"
@@ -173,8 +185,8 @@ def _exact_tasks(source, queries_from, plan, rules, hashes, config):
     step = min(flat.query_chunk_rows(plan.rows), max(1, -(-queries // plan.tasks)))
     ranges = [(s, min(s + step, plan.rows)) for s in range(queries_from, plan.rows, step)]
     shared = faiss.serialize_index(index) if plan.use_ray else index
-    args = [(start, stop, rules, hashes) for start, stop in ranges]
-    return plan.run(flat.range_search_rows, [shared], args)
+    args = [(start, stop, rules) for start, stop in ranges]
+    return plan.run(flat.range_search_rows, [shared, hashes], args)
 
 
 def _ivf_tasks(source, queries_from, plan, rules, hashes, config):
@@ -186,8 +198,8 @@ def _ivf_tasks(source, queries_from, plan, rules, hashes, config):
              "in %.1f s", plan.rows, plan.nlist, trained - started, plan.nprobe,
              time.perf_counter() - trained)  # fmt: skip
     cuts = _balanced_cuts(layout, plan.tasks)
-    args = [(a, b, rules, hashes) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
-    return plan.run(ivf.search_lists, list(layout.arrays()), args)
+    args = [(a, b, rules) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+    return plan.run(ivf.search_lists, [*layout.arrays(), hashes], args)
 
 
 def _balanced_cuts(layout: ivf.IvfLayout, tasks: int) -> list[int]:

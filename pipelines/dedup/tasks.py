@@ -8,7 +8,8 @@ contend for the cores (measured: 5-15x on the development machine under load).
 
 - In the driver the tasks run on a pool of ``threads`` threads (faiss releases the GIL), sharing the arrays.
 - With Ray the shared arrays are put in the object store once, and every task reads them from there (numpy
-  arrays zero-copy from shared memory, one copy per node).
+  arrays zero-copy from shared memory, one copy per node). A ``shared`` list is emptied once its items are
+  in the object store, so that the driver does not hold a second copy of them.
 
 At most ``max_in_flight`` tasks are pending at a time and results are handed back as they finish, so the
 driver holds a bounded number of them.
@@ -68,6 +69,8 @@ def _on_ray(function, shared, task_args, max_in_flight: int, cpus_per_task: floa
     import ray
 
     shared_refs = [ray.put(value) for value in shared]
+    if isinstance(shared, list):
+        shared.clear()
     remote = ray.remote(num_cpus=cpus_per_task, max_retries=3)(single_threaded)
     pending: list = []
     for args in task_args:

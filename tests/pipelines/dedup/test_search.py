@@ -80,7 +80,7 @@ def test_ivf_list_by_list_search_equals_faiss_range_search(planted, monkeypatch)
     monkeypatch.setattr(ivf, "TILE_ROWS", 5)  # tiles much smaller than the lists: same result
     layout = ivf.build_layout(source, centroids, nprobe=nprobe, chunk_rows=333)
     config = SearchConfig(threshold=0.9, max_neighbours=None)
-    mine = ivf.search_lists(*layout.arrays(), 0, nlist, config.rules())
+    mine = ivf.search_lists(*layout.arrays(), None, 0, nlist, config.rules())
     assert mine.as_set() == reference
     assert 0 < len(reference) < len(data.pairs)  # a few probes miss some pairs: the comparison is not trivial
 
@@ -133,6 +133,17 @@ def test_a_huge_cluster_stays_one_group_within_the_neighbour_cap(planted) -> Non
         labels = connected_components(len(x), pairs.left, pairs.right)
         assert len(set(labels[1000:].tolist()) | {labels[0]}) == 1  # the centre and its 400 copies: one group
         assert len(set(labels[1:1000].tolist())) == 999  # everything else alone
+
+
+def test_ray_is_never_started_by_the_search() -> None:
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("Ray was started by another test of this session")
+    with pytest.raises(RuntimeError, match="needs a running Ray"):
+        plan_search(10, SearchConfig(threshold=0.9, parallel="ray"))
+    assert not plan_search(10**6, SearchConfig(threshold=0.9, ray_min_vectors=10)).use_ray
+    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize("method", ["exact", "ivf"])
