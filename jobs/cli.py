@@ -138,13 +138,40 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from jobs.inspect_output import inspect_output
+    from unidiffuser.locations import describe_error
 
     try:
-        report, _ = inspect_output(args.output, samples=args.samples, sheet_path=args.sheet)
+        report, _ = inspect_output(
+            args.output, samples=args.samples, sheet_path=args.sheet, storage_options=_storage_options(args)
+        )
     except FileNotFoundError as exc:
         raise CommandError(str(exc)) from None
+    except Exception as exc:  # unreachable storage, refused credentials: one line naming the output
+        raise CommandError(f"cannot read {redact(args.output)}: {describe_error(exc)}") from None
     print(report)
     return 0
+
+
+def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """The spec's ``storage`` keys as options (``--endpoint-url``, ``--region``, ...), for commands that read
+    an output without a spec."""
+    from pipelines.config import StorageSpec
+
+    for name, field in StorageSpec.model_fields.items():
+        flag = f"--{name.replace('_', '-')}"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=f"storage_{name}", action="store_true", help=field.description)
+        else:
+            parser.add_argument(flag, dest=f"storage_{name}", help=field.description)
+
+
+def _storage_options(args: argparse.Namespace) -> dict:
+    from pipelines.config import StorageSpec
+
+    values = {
+        n: getattr(args, f"storage_{n}") for n in StorageSpec.model_fields if getattr(args, f"storage_{n}")
+    }
+    return StorageSpec(**values).storage_options()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -201,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output folder or URI of a finished job")
     p.add_argument("--samples", type=int, default=24)
     p.add_argument("--sheet", help="where to write the contact sheet PNG (default: OUTPUT/contact_sheet.png)")
+    _add_storage_arguments(p)
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser(
         "demo", help="run the embedded demo: the trained shapes model, shipped inputs, local Ray on CPU"

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipelines.config import InputKind, IsLocation, PipelineConfig, input_kind
+from pipelines.config import InputKind, PipelineConfig, input_kind
+from pipelines.spec_fields import IsLocation
 from unidiffuser.config import Mode
 from unidiffuser.locations import is_local
 

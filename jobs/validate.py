@@ -50,6 +50,30 @@ def check_clip(config: PipelineConfig, options: dict) -> list[str]:
     return []
 
 
+def check_curation(config: PipelineConfig, options: dict) -> list[str]:
+    """Each score head is readable and fits the CLIP model (input size, labels); the blocklist parses."""
+    from pipelines.blocklist import Blocklist, BlocklistError
+    from pipelines.heads.remote import clip_embedding_dim
+    from pipelines.heads.validate import validate_head
+
+    problems = []
+    heads = config.curation.heads
+    dim = None
+    if heads and config.clip.enabled and config.clip.model and not check_clip(config, options):
+        try:
+            dim = clip_embedding_dim(config.clip.model, options)
+        except Exception as exc:
+            problems.append(f"clip.model: cannot read its embedding size: {describe_error(exc)}")
+    for i, head in enumerate(heads):
+        problems += validate_head(head, dim, options, key=f"curation.heads.{i}")
+    if config.curation.blocklist:
+        try:
+            Blocklist.load(config.curation.blocklist, options)
+        except BlocklistError as exc:
+            problems.append(f"curation.blocklist: {exc}")
+    return problems
+
+
 def check_output(config: PipelineConfig, options: dict) -> list[str]:
     """The output location accepts a write (a probe file is written and removed)."""
     try:
@@ -67,5 +91,5 @@ def check_output(config: PipelineConfig, options: dict) -> list[str]:
 def preflight(config: PipelineConfig) -> list[str]:
     """Every reachability problem of a (structurally valid) spec, all at once."""
     options = config.storage.storage_options()
-    checks = (check_input, check_checkpoint, check_clip, check_output)
+    checks = (check_input, check_checkpoint, check_clip, check_curation, check_output)
     return [problem for check in checks for problem in check(config, options)]

@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from pipelines import records as r
+from pipelines.heads.spec import HeadSpec
+from pipelines.spec_fields import Location, Strict
 from pipelines.writers.formats import OutputFormatName
 from pipelines.writers.shard_image import CaptionImage
 from unidiffuser.config import Mode, ModeInput, SamplingConfig
-from unidiffuser.locations import redact
 
 
 class InputKind(StrEnum):
@@ -37,42 +39,20 @@ INPUT_KIND_OF: dict[ModeInput, InputKind] = {
 PIPELINE_MODES = tuple(mode for mode in Mode if mode.input in INPUT_KIND_OF)
 
 
+RESERVED_COLUMNS = frozenset(
+    {r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT, r.SOURCE_CAPTION, r.GENERATED_CAPTION, r.TEXT,
+     r.PROMPT_USED, r.FLAGS, r.IMAGE, r.IMAGE_FORMAT, r.WIDTH, r.HEIGHT, r.CLIP_SCORE, r.SEED, r.MODEL_ID,
+     r.PARAMS, r.METADATA, r.IMAGE_EMBEDDING, r.TEXT_EMBEDDING, r.REASON, r.STATUS, "status"}
+)  # fmt: skip
+"""Output column names a score head may not take."""
+
+
 def input_kind(mode: Mode) -> InputKind:
     """The input kind ``mode`` reads (pipeline modes only)."""
     return INPUT_KIND_OF[mode.input]
 
 
-class IsLocation:
-    """Marks a spec field holding a location (path or URI): relative local paths in a spec file are resolved
-    against the spec's folder, those given on the command line against the current folder (jobs/spec.py)."""
-
-
-_OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "r2")
-
-
-def _no_credentials(uri: str) -> str:
-    """Object stores take credentials from the environment only: a key typed into a URI would end up in
-    request paths and logs, so it is refused (and never echoed)."""
-    scheme, sep, rest = uri.partition("://")
-    if sep and scheme.lower() in _OBJECT_STORES and "@" in rest.split("/", 1)[0]:
-        raise ValueError(
-            f"credentials in a URI are not used ({redact(uri)}): give them through the environment "
-            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
-        )
-    return uri
-
-
-Location = Annotated[str, IsLocation(), AfterValidator(_no_credentials)]
-
-
-class _Strict(BaseModel):
-    """A spec section: unknown keys are errors, and numbers and booleans are taken only as themselves
-    (``steps: true`` is refused, not read as 1)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class StorageSpec(_Strict):
+class StorageSpec(Strict):
     """How to reach object storage (credentials come from the environment only)."""
 
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000")
@@ -97,7 +77,7 @@ class StorageSpec(_Strict):
         return options
 
 
-class InputSpec(_Strict):
+class InputSpec(Strict):
     """What to read: prompt files, image collections, or a count of records made from nothing."""
 
     kind: InputKind = Field(strict=False, description="what the records are made from")
@@ -122,7 +102,7 @@ class InputSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict, SamplingConfig):
+class ModelSpec(Strict, SamplingConfig):
     """Which checkpoint and how to sample (the sampling keys are unidiffuser.SamplingConfig's)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -148,7 +128,7 @@ class ModelSpec(_Strict, SamplingConfig):
         return mode
 
 
-class ClipSpec(_Strict):
+class ClipSpec(Strict):
     """CLIP scoring and filtering of the outputs."""
 
     enabled: bool = Field(True, description="score (and filter) the outputs")
@@ -176,7 +156,40 @@ class ClipSpec(_Strict):
         return self
 
 
-class OutputSpec(_Strict):
+class CurationSpec(Strict):
+    """Judging the records beyond CLIP: score heads (aesthetic, safety, watermark, ...) and a prompt blocklist."""
+
+    heads: list[HeadSpec] = Field(
+        default_factory=list,
+        description="score heads, each a folder or URI: its score is a column of every output; records outside "
+        "its min / max are rejected (applies_to: output, or input for i2t / i2t2i: before generation)",
+    )
+    blocklist: Location | None = Field(
+        None,
+        description="t2i / t2i2t: a file of words (matched whole, any case) or /regular expressions/, one per "
+        "line; a prompt matching one is rejected before generation",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> CurationSpec:
+        for what in ("name", "column"):
+            values = [getattr(h, what) for h in self.heads]
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"curation.heads: the {what} {', '.join(map(repr, repeated))} is used twice")
+        taken = sorted({h.column for h in self.heads} & RESERVED_COLUMNS)
+        if taken:
+            raise ValueError(
+                f"curation.heads: column {', '.join(map(repr, taken))} is a column of ours already"
+            )
+        return self
+
+    def heads_for(self, applies_to: str) -> list[HeadSpec]:
+        """The heads that judge the output images, or the input images."""
+        return [h for h in self.heads if h.applies_to == applies_to]
+
+
+class OutputSpec(Strict):
     """Where and how shards are written."""
 
     uri: Location = Field(description="output folder; local, file://, s3://, ...")
@@ -207,7 +220,7 @@ class OutputSpec(_Strict):
         return sorted(set(formats), key=formats.index)
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(Strict):
     """How the work is spread over the cluster. Every stage but read + preprocess runs in actors whose
     resources are reserved when the job starts, so the writers always have the CPUs to commit each unit
     as soon as it is judged."""
@@ -223,25 +236,25 @@ class ResourcesSpec(_Strict):
     writer_cpus: float = Field(1.0, gt=0.0, description="CPUs reserved per writer actor")
     preprocess_cpus: float = Field(1.0, gt=0.0, description="CPUs per read + preprocess task")
 
-    def cpus_needed(self, *, clip: bool) -> float:
-        """CPUs the pipeline holds at once: every actor plus one read + preprocess task."""
+    def cpus_needed(self, *, judges: int) -> float:
+        """CPUs the pipeline holds at once: every actor (``judges`` pools of CLIP actors: the output judges,
+        and the input judges when there are input heads) plus one read + preprocess task."""
         actors = self.actors * self.cpus_per_actor + self.writers * self.writer_cpus
-        return actors + (self.clip_actors * self.clip_cpus_per_actor if clip else 0.0) + self.preprocess_cpus
+        return actors + judges * self.clip_actors * self.clip_cpus_per_actor + self.preprocess_cpus
 
-    def gpus_needed(self, *, clip: bool) -> float:
+    def gpus_needed(self, *, judges: int) -> float:
         """GPUs the pipeline's actors hold."""
-        return self.actors * self.gpus_per_actor + (
-            self.clip_actors * self.clip_gpus_per_actor if clip else 0.0
-        )
+        return self.actors * self.gpus_per_actor + judges * self.clip_actors * self.clip_gpus_per_actor
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     """A whole job: input -> model -> CLIP -> output."""
 
     name: str = Field("unidiffuser-job", description="job name, used in logs and the summary")
     input: InputSpec
     model: ModelSpec
     clip: ClipSpec = Field(default_factory=lambda: ClipSpec(enabled=False))
+    curation: CurationSpec = Field(default_factory=CurationSpec)
     output: OutputSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     seed: int = Field(0, description="job seed; a record's seed is derived from it and the record's key")
@@ -269,6 +282,28 @@ class PipelineConfig(_Strict):
                              "or it keeps every sample")  # fmt: skip
         return self
 
+    @model_validator(mode="after")
+    def _curation(self) -> PipelineConfig:
+        heads, mode = self.curation.heads, self.model.mode
+        if any(h.input == "embedding" for h in heads) and not self.clip.enabled:
+            names = [h.name for h in heads if h.input == "embedding"]
+            raise ValueError(f"curation.heads {names} score CLIP image embeddings: they need clip.enabled")
+        if self.curation.heads_for("input") and mode.input != ModeInput.IMAGE:
+            raise ValueError(
+                f"curation.heads with applies_to 'input' judge input images: mode '{mode}' has none"
+            )
+        if any(h.applies_to == "output" for h in heads) and not mode.makes_image and mode != Mode.I2T:
+            raise ValueError(f"curation.heads judge images: mode '{mode}' writes none")
+        if self.curation.blocklist is not None and mode.input != ModeInput.TEXT:
+            raise ValueError(f"curation.blocklist judges prompts: mode '{mode}' reads none")
+        return self
+
+    @property
+    def judge_pools(self) -> int:
+        """How many pools of CLIP / head actors the job runs: the output judges (with CLIP scoring) and the
+        input judges (with heads that judge the input images)."""
+        return int(self.clip.enabled) + int(bool(self.curation.heads_for("input")))
+
     @property
     def model_id(self) -> str:
         return self.model.model_id or self.model.checkpoint
@@ -278,7 +313,9 @@ class PipelineConfig(_Strict):
         format, seed); ``pipelines.resume.job_fingerprint`` adds the checkpoints' identities and stores it in
         every unit marker, so a resume only skips units this very job committed. Name, resources and storage
         are left out: a job may resume on another cluster or under another name."""
-        fields = self.model_dump(mode="json", include={"input", "model", "clip", "output", "seed"})
+        fields = self.model_dump(
+            mode="json", include={"input", "model", "clip", "curation", "output", "seed"}
+        )
         fields["output"].pop("uri", None)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -44,7 +44,8 @@ CLIP_SCORE = "clip_score"
 IMAGE_EMBEDDING = "img_emb"  # L2-normalised CLIP image embedding (float32 list)
 TEXT_EMBEDDING = "text_emb"  # L2-normalised CLIP text embedding (float32 list)
 STATUS = "status"  # Status value
-REASON = "reason"  # why a record was rejected or errored, or None
+REASON = "reason"  # why a record was rejected or errored (every failed bound, with its value), or None
+REJECT_RULES = "rejected_by"  # list of the rules a rejected record failed (``aesthetic < min 5.0``, ...)
 MODEL_ID = "model_id"
 PARAMS = "params"  # JSON of the generation parameters
 
@@ -52,6 +53,10 @@ PARAMS = "params"  # JSON of the generation parameters
 # The input's text is written as PROMPT for text-input modes and as SOURCE_CAPTION for image-input modes, so
 # a corpus's own caption (img2dataset's ``caption``) is never mistaken for a prompt or a generated caption.
 SOURCE_CAPTION = "source_caption"  # the caption an input image came with (i2t, i2t2i), or None
+SYNTHETIC = (
+    "synthetic"  # list of the fields the model made (image, generated_caption, text): the rest is input
+)
+PHASH = "phash"  # 64-bit perceptual hash of the written image (16 hex digits), or None
 IMAGE = "image"  # encoded output image bytes, or None for text-only outputs
 IMAGE_FORMAT = "image_format"  # "jpg", "png" or "webp", or None
 WIDTH = "width"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.blocklist import Blocklist
 from pipelines.config import PipelineConfig
+from pipelines.heads.load import head_identity
 from pipelines.readers import PlannedInput, Unit
 from pipelines.writers.commit import committed_units
 from pipelines.writers.unit_writer import retire_unit
@@ -21,27 +23,38 @@ from unidiffuser.checkpoint import checkpoint_identity
 
 @dataclass(frozen=True)
 class ModelVersions:
-    """The versions (``checkpoint_identity``: a hash of the folder listing) of the checkpoint and the CLIP
-    model a job reads, taken once when it is planned: they go into its fingerprint, and its actors load
-    exactly these versions (a checkpoint replaced during the job fails it instead of mixing versions)."""
+    """The versions (``checkpoint_identity``: a hash of the folder listing) of the checkpoint, the CLIP
+    model and the score heads a job reads, and the digest of its prompt blocklist, taken once when it is
+    planned: they go into its fingerprint, and its actors load exactly these versions (a checkpoint or head
+    replaced during the job fails it instead of mixing versions)."""
 
     checkpoint: str
     clip: str | None  # None without CLIP scoring
+    heads: dict[str, str] = field(default_factory=dict)  # head name -> identity
+    blocklist: str | None = None  # ``Blocklist.digest``
 
     @classmethod
     def of(cls, config: PipelineConfig) -> ModelVersions:
-        """List the job's checkpoint and CLIP model folders now."""
+        """List the job's checkpoint, CLIP model and head folders now, and read its blocklist."""
         options = config.storage.storage_options()
         clip = (
-            checkpoint_identity(config.clip.model, storage_options=options) if config.clip.enabled else None
+            checkpoint_identity(config.clip.model, storage_options=options)
+            if config.clip.enabled and config.clip.model
+            else None
         )
-        return cls(checkpoint_identity(config.model.checkpoint, storage_options=options), clip)
+        heads = {h.name: head_identity(h, options) for h in config.curation.heads}
+        blocklist = config.curation.blocklist
+        digest = Blocklist.load(blocklist, options).digest if blocklist else None
+        return cls(checkpoint_identity(config.model.checkpoint, storage_options=options), clip, heads, digest)
 
 
 def job_fingerprint(config: PipelineConfig, versions: ModelVersions) -> str:
-    """The spec's output fingerprint plus the model versions: units made by another version of the
-    checkpoint or CLIP model are redone on resume, as units of another configuration are."""
+    """The spec's output fingerprint plus the versions of what it reads: units made by another version of the
+    checkpoint, CLIP model, a head or the blocklist are redone on resume, as units of another configuration
+    are."""
     parts = [config.output_fingerprint(), versions.checkpoint, versions.clip or ""]
+    parts += [f"{name}={identity}" for name, identity in sorted(versions.heads.items())]
+    parts += [versions.blocklist] if versions.blocklist else []
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
 
 

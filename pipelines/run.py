@@ -1,7 +1,7 @@
 """Build and run one job as a streaming Ray Data pipeline, then account for every input.
 
-    read + preprocess (CPU tasks, one per unit) -> generate (engine actors) -> CLIP score (actors)
-    -> filter + write + commit (writer actors) -> _summary.json
+    read + preprocess (CPU tasks, one per unit) [-> input judges (actors)] -> generate (engine actors)
+    -> CLIP score + score heads (actors) -> filter + write + commit (writer actors) -> _summary.json
 
 Units this job already committed under the output are skipped, so re-running a job resumes it; units of
 another configuration are redone and units outside the plan removed. Every stage after preprocess runs in
@@ -19,13 +19,14 @@ from typing import Any
 import ray
 from ray.data import ActorPoolStrategy
 
+from pipelines.blocklist import Blocklist
 from pipelines.config import InputKind, PipelineConfig
 from pipelines.readers import PlannedInput, plan_input
 from pipelines.resume import RunPlan, plan_run, retire_units
 from pipelines.stages.filter import FilterSpec
 from pipelines.stages.generate import GenerateStage
 from pipelines.stages.preprocess import preprocess_batch
-from pipelines.stages.score import ClipScoreStage
+from pipelines.stages.score import ClipScoreStage, InputJudgeStage
 from pipelines.stages.write import WriteStage, output_spec
 from pipelines.versions import versions
 from pipelines.writers.summary import RunWork, write_summary
@@ -88,8 +89,18 @@ def build_dataset(
             "max_image_pixels": config.model.max_image_pixels,
             "keep_source_images": config.output.caption_image.keeps_source(config.model.mode),
             "samples_per_input": samples,
+            "blocklist": _blocklist(config),
         },
     )
+    judges = {
+        "compute": ActorPoolStrategy(size=res.clip_actors),
+        "num_gpus": res.clip_gpus_per_actor,
+        "num_cpus": res.clip_cpus_per_actor,
+        "fn_constructor_args": (config,),
+        "fn_constructor_kwargs": {"identity": plan.versions.clip, "head_identities": plan.versions.heads},
+    }
+    if config.curation.heads_for("input"):  # judge the input images before any model work
+        ds = ds.map_batches(InputJudgeStage, **one_to_one, **judges)
     ds = ds.map_batches(
         generate_cls,
         **one_to_one,
@@ -100,15 +111,7 @@ def build_dataset(
         num_cpus=res.cpus_per_actor,
     )
     if config.clip.enabled:
-        ds = ds.map_batches(
-            ClipScoreStage,
-            **one_to_one,
-            fn_constructor_args=(config,),
-            fn_constructor_kwargs={"identity": plan.versions.clip},
-            compute=ActorPoolStrategy(size=res.clip_actors),
-            num_gpus=res.clip_gpus_per_actor,
-            num_cpus=res.clip_cpus_per_actor,
-        )
+        ds = ds.map_batches(ClipScoreStage, **one_to_one, **judges)
     output = output_spec(config, plan.fingerprint, {u.index: u.input_hash for u in plan.to_run_units()})
     return ds.map_batches(
         WriteStage,
@@ -117,6 +120,11 @@ def build_dataset(
         compute=ActorPoolStrategy(size=res.writers),
         num_cpus=res.writer_cpus,
     )
+
+
+def _blocklist(config: PipelineConfig) -> Blocklist | None:
+    uri = config.curation.blocklist
+    return Blocklist.load(uri, config.storage.storage_options()) if uri else None
 
 
 def preprocess_memory(config: PipelineConfig, resolution: int) -> int:
@@ -137,16 +145,19 @@ def check_cluster_fits(config: PipelineConfig) -> None:
     """Fail fast, with the numbers, when the job's actors (writers included) and one read + preprocess task
     cannot all be placed at once."""
     available = ray.cluster_resources()
-    clip = config.clip.enabled
-    needs = {"CPU": config.resources.cpus_needed(clip=clip), "GPU": config.resources.gpus_needed(clip=clip)}
+    judges = config.judge_pools
+    needs = {
+        "CPU": config.resources.cpus_needed(judges=judges),
+        "GPU": config.resources.gpus_needed(judges=judges),
+    }
     short = {k: v for k, v in needs.items() if v > available.get(k, 0.0) + 1e-9}
     if short:
         detail = ", ".join(
             f"{k}: needs {v:g}, cluster has {available.get(k, 0.0):g}" for k, v in short.items()
         )
         raise ClusterTooSmallError(
-            f"the cluster cannot run this job ({detail}: the engine, CLIP and writer actors plus one read + "
-            "preprocess task); lower resources.actors / *cpus* / *gpus* / writers, or add nodes"
+            f"the cluster cannot run this job ({detail}: the engine, CLIP / head and writer actors plus one read "
+            "+ preprocess task); lower resources.actors / *cpus* / *gpus* / writers, or add nodes"
         )
 
 

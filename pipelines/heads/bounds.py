@@ -43,3 +43,18 @@ def bound_reasons(column: str, value: float | None, min: float | None, max: floa
     if max is not None and value > max:
         reasons.append(f"{column} {_shown(value, max)} > max {max!r}")
     return reasons
+
+
+def bound_rules(column: str, value: float | None, min: float | None, max: float | None) -> list[str]:
+    """The rule of each reason ``bound_reasons`` gives, without the value (``aesthetic < min 5.0``): what a
+    job's summary counts rejections by."""
+    if value is None or (min is None and max is None):
+        return []
+    if not math.isfinite(value):
+        return [f"{column} not a finite number"]
+    rules = []
+    if min is not None and value < min:
+        rules.append(f"{column} < min {min!r}")
+    if max is not None and value > max:
+        rules.append(f"{column} > max {max!r}")
+    return rules

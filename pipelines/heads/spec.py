@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from pipelines.spec_fields import Location, Strict
 
 HeadKind = Literal["laion_aesthetic", "laion_nsfw", "mlp", "classifier"]
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
@@ -33,10 +35,8 @@ def default_column(name: str, kind: str) -> str:
     return name
 
 
-class HeadSpec(BaseModel):
+class HeadSpec(Strict):
     """One score head of a job."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN, description="the head's name")
     kind: HeadKind = Field(
@@ -44,7 +44,7 @@ class HeadSpec(BaseModel):
         "NSFW detector file), mlp (the generic head.json + model.safetensors format), classifier (a "
         "transformers AutoModelForImageClassification folder)"
     )
-    uri: str = Field(min_length=1, description="the head's folder: local path or fsspec URI")
+    uri: Location = Field(min_length=1, description="the head's folder: local path or fsspec URI")
     label: str | None = Field(
         None, description="classifier: the label (config.id2label) whose probability is the score"
     )
@@ -65,12 +65,14 @@ class HeadSpec(BaseModel):
     def _check(self) -> HeadSpec:
         if self.kind == "classifier" and not self.label:
             raise ValueError(
-                f"heads.{self.name}.label is required for kind 'classifier' (a label of config.id2label)"
+                f"head {self.name!r}: label is required for kind 'classifier' (a label of config.id2label)"
             )
         if self.kind != "classifier" and self.label is not None:
-            raise ValueError(f"heads.{self.name}.label applies to kind 'classifier' only, not {self.kind!r}")
+            raise ValueError(
+                f"head {self.name!r}: label applies to kind 'classifier' only, not {self.kind!r}"
+            )
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"heads.{self.name}.min ({self.min}) must not exceed max ({self.max})")
+            raise ValueError(f"head {self.name!r}: min ({self.min}) must not exceed max ({self.max})")
         if self.column is None:
             self.column = default_column(self.name, self.kind)
         return self

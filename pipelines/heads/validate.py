@@ -17,6 +17,7 @@ from pipelines.heads.laion import check_kind, detect_layout
 from pipelines.heads.mlp import CONFIG_FILE, WEIGHTS_FILE, parse_head_config, shape_problems
 from pipelines.heads.remote import open_folder, read_json, weight_shapes
 from pipelines.heads.spec import HeadSpec
+from unidiffuser.locations import redact
 
 
 def validate_head(
@@ -30,7 +31,7 @@ def validate_head(
     embedding size (``pipelines.heads.remote.clip_embedding_dim``), or None to skip that check; ``key``: how
     the spec names this head (default ``heads.<name>``)."""
     key = key or f"heads.{spec.name}"
-    at = f"{key}.uri = {spec.uri!r}"
+    at = f"{key}.uri = {redact(spec.uri)!r}"
     try:
         fs, root, files = open_folder(spec.uri, storage_options)
         if spec.kind == "classifier":
@@ -82,7 +83,7 @@ def _classifier_problems(
             problems.append(f"{at}: config.json has no id2label: not an image classifier")
         elif spec.label not in labels:
             problems.append(
-                f"{key}.label = {spec.label!r}: not a label of the classifier at {spec.uri} "
+                f"{key}.label = {spec.label!r}: not a label of the classifier at {redact(spec.uri)} "
                 f"(labels: {', '.join(labels)})"
             )
     return problems

@@ -11,8 +11,10 @@ import time
 import pandas as pd
 
 from pipelines import records as r
+from pipelines.blocklist import BLOCKLIST_RULE, Blocklist, blocked_reason
 from pipelines.config import InputKind
 from pipelines.pixels import to_bytes
+from pipelines.stages.filter import reject_records
 from unidiffuser import InputError, derive_seed, prepare_image
 from unidiffuser.inputs import check_prompt
 
@@ -26,12 +28,13 @@ def preprocess_batch(
     max_image_pixels: int,
     keep_source_images: bool = False,
     samples_per_input: int = 1,
+    blocklist: Blocklist | None = None,
 ) -> pd.DataFrame:
     """Add pixels, status, reason and flags to one unit's rows (and, if asked, keep each good input image's
     file bytes for the shards), then draw ``samples_per_input`` records of each with their keys and seeds.
 
     Reasons name where a record failed: ``read: ...`` (the reader could not produce it), ``input: ...`` (it
-    was read but is not a usable prompt or image)."""
+    was read but is not a usable prompt or image). A prompt matching the ``blocklist`` is rejected."""
     started = time.time()
     pixels, sources, status, reasons, flags = [], [], [], [], []
     for row in batch.itertuples(index=False):
@@ -60,8 +63,20 @@ def preprocess_batch(
     out[r.REASON] = reasons
     out[r.FLAGS] = flags
     out[r.STARTED_AT] = started
+    if blocklist is not None:
+        out = _block(out, blocklist)
     out = draw_samples(out, samples_per_input)
     out[r.SEED] = [derive_seed(job_seed, key) for key in out[r.KEY]]
+    return out
+
+
+def _block(batch: pd.DataFrame, blocklist: Blocklist) -> pd.DataFrame:
+    """Reject the ok records whose prompt matches an entry of ``blocklist``."""
+    out = batch
+    for i, (status, prompt) in enumerate(zip(batch[r.STATUS], batch[r.PROMPT], strict=True)):
+        entry = blocklist.match(prompt) if status == r.Status.OK.value and isinstance(prompt, str) else None
+        if entry is not None:
+            out = reject_records(out, [i], blocked_reason(entry), BLOCKLIST_RULE)
     return out
 
 

@@ -1,11 +1,21 @@
-"""Stage 3, its own actor pool: CLIP embeddings of each record's image and text, and their cosine similarity.
+"""Stage 3 (and, for captioning jobs with input heads, stage 1b): the judges, each its own actor pool.
 
-What is compared depends on the mode: image-text (t2i, i2t, joint), output-input image (i2t2i: how much
-the variation keeps), prompt-caption text (t2i2t). Records with nothing to compare keep a null score.
-Both L2-normalised embeddings are kept for the clip-retrieval output.
+``ClipScoreStage`` (after generate): CLIP embeddings of each record's image and text, their cosine similarity,
+and every output score head's score. What is compared depends on the mode: image-text (t2i, i2t, joint),
+output-input image (i2t2i: how much the variation keeps), prompt-caption text (t2i2t). Records with nothing
+to compare keep a null score. Both L2-normalised embeddings are kept for the clip-retrieval output.
+
+``InputJudgeStage`` (before generate, i2t / i2t2i): the input score heads on the input images, and their bounds
+applied at once, so an input rejected there costs no model time.
+
+A head's score is a column of its own (``aesthetic``, ``punsafe``, ...). A score that is NaN or infinite makes
+its record an error row with the reason, never a crash.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,27 +25,30 @@ from transformers import CLIPModel
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
+from pipelines.heads.bounds import bad_score_reason
+from pipelines.heads.load import load_head
+from pipelines.heads.spec import HeadSpec
 from pipelines.pixels import from_bytes
+from pipelines.stages.filter import FilterSpec, filter_batch
 from unidiffuser import Mode, resolve_checkpoint
 from unidiffuser.checkpoint import load_clip_processor
 
 
-class ClipScoreStage:
-    """Callable class for ``Dataset.map_batches``; loads the CLIP model once per actor."""
+class ClipEmbedder:
+    """A CLIP model on one device: L2-normalised image and text embeddings in batches."""
 
-    def __init__(self, config: PipelineConfig, identity: str | None = None):
+    def __init__(self, config: PipelineConfig, identity: str | None, device: torch.device):
         """``identity`` pins the CLIP model version the job was planned with."""
         path = resolve_checkpoint(
             config.clip.model, storage_options=config.storage.storage_options(), identity=identity
         )
-        self.device = torch.device("cuda" if config.resources.clip_gpus_per_actor > 0 else "cpu")
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        self.device = device
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
         self.processor = load_clip_processor(path)
         self.batch_size = config.clip.batch_size
-        self.mode = config.model.mode
 
     @torch.no_grad()
-    def _image_embeds(self, images: list[np.ndarray]) -> np.ndarray:
+    def images(self, images: list[np.ndarray]) -> np.ndarray:
         chunks = []
         for start in range(0, len(images), self.batch_size):
             part = [Image.fromarray(i) for i in images[start : start + self.batch_size]]
@@ -44,7 +57,7 @@ class ClipScoreStage:
         return _normalise(torch.cat(chunks)) if chunks else np.zeros((0, 0), np.float32)
 
     @torch.no_grad()
-    def _text_embeds(self, texts: list[str]) -> np.ndarray:
+    def texts(self, texts: list[str]) -> np.ndarray:
         """One row per text; a text repeated in the batch (samples of one prompt) is encoded once."""
         unique = list(dict.fromkeys(texts))
         chunks = []
@@ -61,6 +74,67 @@ class ClipScoreStage:
         row_of = {text: row for row, text in enumerate(unique)}
         return _normalise(torch.cat(chunks))[[row_of[text] for text in texts]]
 
+
+class HeadScorer:
+    """The job's score heads of one side (output or input images), loaded once per actor at the versions the
+    job was planned with."""
+
+    def __init__(self, specs: list[HeadSpec], identities: Mapping[str, str], config: PipelineConfig, device):
+        options = config.storage.storage_options()
+        self.specs = specs
+        self.heads = [
+            load_head(s, storage_options=options, identity=identities.get(s.name), device=device)
+            for s in specs
+        ]
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return any(h.input == "embedding" for h in self.heads)
+
+    def score(
+        self, out: pd.DataFrame, rows: list[int], images: list[np.ndarray], embeddings: np.ndarray | None
+    ) -> pd.DataFrame:
+        """``out`` with each head's column (null outside ``rows``), and records whose score is not finite
+        turned into error rows."""
+        out = out.copy()
+        status, reasons = out[r.STATUS].tolist(), out[r.REASON].tolist()
+        for spec, head in zip(self.specs, self.heads, strict=True):
+            column = spec.column or spec.name
+            values: list[float | None] = [None] * len(out)
+            if rows:
+                scores = (
+                    head.score_embeddings(embeddings)
+                    if head.input == "embedding"
+                    else head.score_images(images)
+                )  # type: ignore[union-attr,arg-type]
+                for i, value in zip(rows, scores.tolist(), strict=True):
+                    values[i] = float(value)
+                    if not np.isfinite(value) and status[i] == r.Status.OK.value:
+                        status[i], reasons[i] = r.Status.ERROR.value, bad_score_reason(column, value)
+            out[column] = values
+        out[r.STATUS], out[r.REASON] = status, reasons
+        return out
+
+
+def _device(gpus: float) -> torch.device:
+    return torch.device("cuda" if gpus > 0 else "cpu")
+
+
+class ClipScoreStage:
+    """Callable class for ``Dataset.map_batches``; loads the CLIP model and the output heads once per actor."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        identity: str | None = None,
+        head_identities: Mapping[str, str] | None = None,
+    ):
+        """``identity`` / ``head_identities`` pin the CLIP model and heads versions the job was planned with."""
+        device = _device(config.resources.clip_gpus_per_actor)
+        self.clip = ClipEmbedder(config, identity, device)
+        self.heads = HeadScorer(config.curation.heads_for("output"), head_identities or {}, config, device)
+        self.mode = config.model.mode
+
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = batch.copy()
         n = len(out)
@@ -70,12 +144,12 @@ class ClipScoreStage:
         scores: list[float | None] = [None] * n
         images = self._judged_images(out)
         with_image = [i for i in ok if images[i] is not None]
-        for i, e in zip(
-            with_image, self._image_embeds([from_bytes(images[i]) for i in with_image]), strict=True
-        ):
+        pixels = [from_bytes(images[i]) for i in with_image]
+        image_matrix = self.clip.images(pixels)
+        for i, e in zip(with_image, image_matrix, strict=True):
             img_emb[i] = e
         with_text = [i for i in ok if not r.missing(out[r.TEXT].iloc[i]) and out[r.TEXT].iloc[i]]
-        for i, e in zip(with_text, self._text_embeds([out[r.TEXT].iloc[i] for i in with_text]), strict=True):
+        for i, e in zip(with_text, self.clip.texts([out[r.TEXT].iloc[i] for i in with_text]), strict=True):
             text_emb[i] = e
         for i, reference in self._references(out, ok, text_emb).items():
             first = img_emb[i] if img_emb[i] is not None else text_emb[i]
@@ -85,7 +159,7 @@ class ClipScoreStage:
         out[r.IMAGE_EMBEDDING] = [None if e is None else e.tolist() for e in img_emb]
         out[r.TEXT_EMBEDDING] = [None if e is None else e.tolist() for e in text_emb]
         out[r.CLIP_SCORE] = scores
-        return out
+        return self.heads.score(out, with_image, pixels, image_matrix)
 
     def _judged_images(self, out: pd.DataFrame) -> list[bytes | None]:
         """The image each record is judged by: the generated one, or for captioning the model input the
@@ -100,15 +174,38 @@ class ClipScoreStage:
         if self.mode == Mode.I2T2I:  # the variation against its input image
             rows = [i for i in ok if not r.missing(out[r.PIXELS].iloc[i])]
             return dict(
-                zip(rows, self._image_embeds([from_bytes(out[r.PIXELS].iloc[i]) for i in rows]), strict=True)
+                zip(rows, self.clip.images([from_bytes(out[r.PIXELS].iloc[i]) for i in rows]), strict=True)
             )
         if self.mode == Mode.T2I2T:  # the new caption against the prompt
             rows = [i for i in ok if text_emb[i] is not None]
-            return dict(zip(rows, self._text_embeds([out[r.PROMPT].iloc[i] for i in rows]), strict=True))
+            return dict(zip(rows, self.clip.texts([out[r.PROMPT].iloc[i] for i in rows]), strict=True))
         return {i: text_emb[i] for i in ok if text_emb[i] is not None}
 
 
-def _features(output: torch.Tensor | object) -> torch.Tensor:
+class InputJudgeStage:
+    """Callable class for ``Dataset.map_batches``: the input heads on each record's input image, then their
+    bounds (``FilterSpec.of(config, "input")``), before any model work."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        identity: str | None = None,
+        head_identities: Mapping[str, str] | None = None,
+    ):
+        device = _device(config.resources.clip_gpus_per_actor)
+        self.heads = HeadScorer(config.curation.heads_for("input"), head_identities or {}, config, device)
+        self.clip = ClipEmbedder(config, identity, device) if self.heads.needs_embeddings else None
+        self.bounds = FilterSpec.of(config, "input")
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        ok = [i for i in range(len(batch)) if batch[r.STATUS].iloc[i] == r.Status.OK.value]
+        rows = [i for i in ok if not r.missing(batch[r.PIXELS].iloc[i])]
+        pixels = [from_bytes(batch[r.PIXELS].iloc[i]) for i in rows]
+        embeddings = self.clip.images(pixels) if self.clip is not None and rows else None
+        return filter_batch(self.heads.score(batch, rows, pixels, embeddings), self.bounds)
+
+
+def _features(output: torch.Tensor | Any) -> torch.Tensor:
     """transformers 5 returns the projected features as ``pooler_output``; older versions a tensor."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 

@@ -35,6 +35,7 @@ def output_spec(
         storage_options=config.storage.storage_options(),
         fingerprint=fingerprint,
         unit_inputs=dict(unit_inputs or {}),
+        score_columns=tuple(h.column or h.name for h in config.curation.heads),
     )
 
 

@@ -59,15 +59,27 @@ class UnitCommit:
 
     @classmethod
     def of(
-        cls, unit: int, *, written: int, rejected: Iterable[str], errored: Iterable[str], **extra: Any
+        cls,
+        unit: int,
+        *,
+        written: int,
+        rejected: Iterable[Iterable[str]],
+        errored: Iterable[str],
+        **extra: Any,
     ) -> UnitCommit:
-        """A unit's commit from its written count and the reasons of its rejected and errored records."""
-        rejected_reasons, error_reasons = Counter(rejected), Counter(errored)
+        """A unit's commit from its written count, the rules each rejected record failed (a record failing
+        two bounds counts under both) and the reasons of its errored records."""
+        rejected_reasons: Counter[str] = Counter()
+        n_rejected = 0
+        for rules in rejected:
+            rejected_reasons.update(dict.fromkeys(rules, 1))
+            n_rejected += 1
+        error_reasons = Counter(errored)
         return cls(
             unit=unit,
-            records=written + rejected_reasons.total() + error_reasons.total(),
+            records=written + n_rejected + error_reasons.total(),
             written=written,
-            rejected=rejected_reasons.total(),
+            rejected=n_rejected,
             errored=error_reasons.total(),
             rejected_reasons=dict(rejected_reasons),
             error_reasons=dict(error_reasons),

@@ -19,7 +19,13 @@ from pipelines.writers import parquet_shards
 from pipelines.writers.formats import OutputSpec, UnitRows
 
 METADATA_SCHEMA = pa.schema(
-    [pa.field("image_path", pa.string()), pa.field("caption", pa.string()), pa.field(r.KEY, pa.string())]
+    [
+        pa.field("image_path", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field(r.KEY, pa.string()),
+        pa.field(r.CLIP_SCORE, pa.float64()),
+        pa.field(r.PHASH, pa.string()),
+    ]
 )
 
 
@@ -41,15 +47,16 @@ def embedding_matrix(rows: Sequence[Mapping[str, Any]], column: str) -> np.ndarr
     return np.stack([zero if v is None else np.asarray(v, dtype=np.float32).reshape(-1) for v in values])
 
 
-def metadata_table(rows: Sequence[Mapping[str, Any]], image_paths: Sequence[str]) -> pa.Table:
-    """The metadata rows aligned with the embedding matrices."""
+def metadata_table(
+    rows: Sequence[Mapping[str, Any]], image_paths: Sequence[str], scores: Sequence[str] = ()
+) -> pa.Table:
+    """The metadata rows aligned with the embedding matrices: clip-retrieval's ``image_path`` and ``caption``
+    (the text paired with the image), then our key, CLIP score, pHash and each score head's column."""
+    schema = pa.schema([*METADATA_SCHEMA, *(pa.field(c, pa.float64()) for c in scores)])
+    values = {"image_path": list(image_paths), "caption": [row.get(r.TEXT) for row in rows]}
     return pa.table(
-        {
-            "image_path": pa.array(list(image_paths), pa.string()),
-            "caption": pa.array([row.get(r.TEXT) for row in rows], pa.string()),
-            r.KEY: pa.array([row.get(r.KEY) for row in rows], pa.string()),
-        },
-        schema=METADATA_SCHEMA,
+        {f.name: pa.array(values.get(f.name) or [row.get(f.name) for row in rows], f.type) for f in schema},
+        schema=schema,
     )
 
 
@@ -89,7 +96,8 @@ class ClipRetrievalEmbeddings:
             else row[r.KEY]
             for row, member in zip(ok, rows.member_names, strict=True)
         ]
-        metadata = metadata_table(ok, image_paths) if img is not None or text is not None else None
+        has_embeddings = img is not None or text is not None
+        metadata = metadata_table(ok, image_paths, output.score_columns) if has_embeddings else None
         return {
             img_path: None if img is None else npy_bytes(img),
             text_path: None if text is None else npy_bytes(text),

@@ -31,6 +31,7 @@ class OutputSpec:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None  # of the job that writes (recorded in each marker; see resume)
     unit_inputs: Mapping[int, str] = field(default_factory=dict)  # unit -> ``Unit.input_hash`` (ditto)
+    score_columns: tuple[str, ...] = ()  # the score heads' columns, written beside ``clip_score``
 
     def __post_init__(self) -> None:
         unknown = set(self.formats) - set(FORMAT_NAMES)

@@ -22,7 +22,11 @@ class RejectedRecords:
 
     def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
         (path,) = self.paths(rows.name)
-        return {path: parquet_shards.table_file(rows.rejected, parquet_shards.REJECTED_SCHEMA)}
+        return {
+            path: parquet_shards.table_file(
+                rows.rejected, parquet_shards.rejected_schema(output.score_columns)
+            )
+        }
 
 
 class ErroredRecords:
@@ -35,7 +39,9 @@ class ErroredRecords:
 
     def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
         (path,) = self.paths(rows.name)
-        return {path: parquet_shards.table_file(rows.errored, parquet_shards.ERRORS_SCHEMA)}
+        return {
+            path: parquet_shards.table_file(rows.errored, parquet_shards.errors_schema(output.score_columns))
+        }
 
 
 STATS_DIR = "stats"

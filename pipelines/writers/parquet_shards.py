@@ -16,9 +16,11 @@ from pipelines import records as r
 from pipelines.writers.formats import OutputSpec, UnitRows
 
 _EMBEDDING = pa.list_(pa.float32())
+_STRINGS = pa.list_(pa.string())
 
-SHARD_SCHEMA = pa.schema(
-    [
+_FIELDS = {
+    f.name: f
+    for f in (
         pa.field(r.KEY, pa.string(), nullable=False),
         pa.field(r.INPUT_KEY, pa.string()),
         pa.field(r.SAMPLE, pa.int32()),
@@ -29,48 +31,62 @@ SHARD_SCHEMA = pa.schema(
         pa.field(r.GENERATED_CAPTION, pa.string()),
         pa.field(r.TEXT, pa.string()),
         pa.field(r.PROMPT_USED, pa.string()),
-        pa.field(r.FLAGS, pa.list_(pa.string())),
+        pa.field(r.FLAGS, _STRINGS),
+        pa.field(r.SYNTHETIC, _STRINGS),
         pa.field(r.IMAGE, pa.binary()),
         pa.field(r.IMAGE_FORMAT, pa.string()),
         pa.field(r.WIDTH, pa.int32()),
         pa.field(r.HEIGHT, pa.int32()),
+        pa.field(r.PHASH, pa.string()),
         pa.field(r.CLIP_SCORE, pa.float64()),
+        pa.field(r.REASON, pa.string()),
+        pa.field(r.REJECT_RULES, _STRINGS),
         pa.field(r.SEED, pa.int64()),
         pa.field(r.MODEL_ID, pa.string()),
         pa.field(r.PARAMS, pa.string()),
         pa.field(r.METADATA, pa.string()),
         pa.field(r.IMAGE_EMBEDDING, _EMBEDDING),
         pa.field(r.TEXT_EMBEDDING, _EMBEDDING),
-    ]
-)
-"""An output shard: one row per written record; image columns are null for text-only outputs."""
-
-_REASON = pa.field(r.REASON, pa.string())
-
-
-def _columns(*names: str) -> list[pa.Field]:
-    return [SHARD_SCHEMA.field(name) for name in names]
+    )
+}
+_IDENTITY = (r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE)
+_TEXTS = (r.PROMPT, r.SOURCE_CAPTION, r.GENERATED_CAPTION, r.TEXT, r.PROMPT_USED, r.FLAGS, r.SYNTHETIC)
+_IMAGE = (r.IMAGE, r.IMAGE_FORMAT, r.WIDTH, r.HEIGHT, r.PHASH)
 
 
-_TEXTS = (r.PROMPT, r.SOURCE_CAPTION, r.GENERATED_CAPTION, r.TEXT, r.PROMPT_USED, r.FLAGS)
+def _schema(names: Sequence[str], scores: Sequence[str], *, scores_after: str) -> pa.Schema:
+    """The fields ``names``, with a float64 column per score head right after ``scores_after``."""
+    fields: list[pa.Field] = []
+    for name in names:
+        fields.append(_FIELDS[name])
+        if name == scores_after:
+            fields += [pa.field(column, pa.float64()) for column in scores]
+    return pa.schema(fields)
 
-REJECTED_SCHEMA = pa.schema(
-    [
-        *_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, *_TEXTS, r.CLIP_SCORE),
-        _REASON,
-        *_columns(r.IMAGE, r.IMAGE_FORMAT, r.SEED, r.METADATA),
-    ]
-)
-"""Records the filter rejected, with their image so a user can look at what was thrown away."""
 
-ERRORS_SCHEMA = pa.schema(
-    [
-        *_columns(r.KEY, r.INPUT_KEY, r.SAMPLE, r.SOURCE, r.MODE, r.PROMPT, r.SOURCE_CAPTION, r.FLAGS),
-        _REASON,
-        *_columns(r.METADATA),
-    ]
-)
-"""Records some stage could not process, with the reason."""
+def shard_schema(scores: Sequence[str] = ()) -> pa.Schema:
+    """An output shard: one row per written record; image columns are null for text-only outputs."""
+    names = (*_IDENTITY, *_TEXTS, *_IMAGE, r.CLIP_SCORE, r.SEED, r.MODEL_ID, r.PARAMS, r.METADATA,
+             r.IMAGE_EMBEDDING, r.TEXT_EMBEDDING)  # fmt: skip
+    return _schema(names, scores, scores_after=r.CLIP_SCORE)
+
+
+def rejected_schema(scores: Sequence[str] = ()) -> pa.Schema:
+    """Records the filter rejected, with their scores, reason and image so a user can look at what was thrown
+    away."""
+    names = (*_IDENTITY, *_TEXTS, r.CLIP_SCORE, r.REASON, r.REJECT_RULES, *_IMAGE, r.SEED, r.METADATA)
+    return _schema(names, scores, scores_after=r.CLIP_SCORE)
+
+
+def errors_schema(scores: Sequence[str] = ()) -> pa.Schema:
+    """Records some stage could not process, with the reason (and the scores taken before it failed)."""
+    names = (*_IDENTITY, r.PROMPT, r.SOURCE_CAPTION, r.FLAGS, r.REASON, r.METADATA)
+    return _schema(names, scores, scores_after=r.FLAGS)
+
+
+SHARD_SCHEMA = shard_schema()
+REJECTED_SCHEMA = rejected_schema()
+ERRORS_SCHEMA = errors_schema()
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -101,7 +117,7 @@ class ParquetShards:
 
     def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
         (path,) = self.paths(rows.name)
-        return {path: parquet_bytes(rows_table(rows.ok, SHARD_SCHEMA))}
+        return {path: parquet_bytes(rows_table(rows.ok, shard_schema(output.score_columns)))}
 
 
 def table_file(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes | None:

@@ -79,12 +79,22 @@ def summarize(
         "records": records,
         **{name: totals[name] for name in _COUNTS if name != "records"},
         "units": len(commits),
-        "rejected_reasons": dict(rejected_reasons.most_common()),
-        "error_reasons": dict(error_reasons.most_common()),
+        "rejected_reasons": _top(rejected_reasons),
+        "error_reasons": _top(error_reasons),
     }
 
 
 _COUNTS = ("records", "written", "rejected", "errored")
+MAX_REASONS = 100
+"""Reasons listed by name in a summary; the rest are counted together (error reasons that name files are
+many on a large corpus)."""
+
+
+def _top(counts: Counter[str]) -> dict[str, int]:
+    """The ``MAX_REASONS`` most common reasons, most common first, and the others under one entry."""
+    top = dict(counts.most_common(MAX_REASONS))
+    rest = counts.total() - sum(top.values())
+    return top | ({f"({len(counts) - len(top)} other reasons)": rest} if rest else {})
 
 
 def check_unique_keys(fs: AbstractFileSystem, root: str, commits: Mapping[int, UnitCommit]) -> None:

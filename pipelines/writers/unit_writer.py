@@ -33,6 +33,7 @@ import pandas as pd
 
 from pipelines import records as r
 from pipelines import storage
+from pipelines.dedup.phash import phash
 from pipelines.writers import commit
 from pipelines.writers.embeddings import ClipRetrievalEmbeddings
 from pipelines.writers.formats import OutputFormat, OutputSpec, UnitRows
@@ -107,7 +108,7 @@ def unit_rows(batch: pd.DataFrame, output: OutputSpec, caption_image: CaptionIma
     counts = commit.UnitCommit.of(
         unit,
         written=len(ok),
-        rejected=[row[r.REASON] for row in rejected],
+        rejected=[row.get(r.REJECT_RULES) or [row[r.REASON]] for row in rejected],
         errored=[row[r.REASON] for row in errored],
     )
     started = min((row[r.STARTED_AT] for row in rows if row.get(r.STARTED_AT) is not None), default=None)
@@ -183,10 +184,24 @@ def _outcome(row: Mapping[str, Any]) -> tuple[r.Status, str | None]:
 
 
 def _encode(row: dict[str, Any], output: OutputSpec, caption_image: CaptionImage) -> None:
-    """The row's image columns, from the one image written with it (see ``shard_image``)."""
+    """The row's image columns, from the one image written with it (see ``shard_image``), its pHash, and which
+    of its fields the model made."""
     mode = Mode(row[r.MODE]) if row.get(r.MODE) else Mode.TEXT
     image = shard_image(row, mode, caption_image, output.image_format, output.quality)
     row[r.IMAGE] = image.data if image else None
     row[r.IMAGE_FORMAT] = image.format if image else None
     row[r.WIDTH] = image.width if image else None
     row[r.HEIGHT] = image.height if image else None
+    row[r.PHASH] = phash(image.data) if image else None
+    row[r.SYNTHETIC] = synthetic_fields(mode, has_image=image is not None)
+
+
+def synthetic_fields(mode: Mode, *, has_image: bool) -> list[str]:
+    """The output fields a mode's model made (the others are the input's): the image when it generates one,
+    the generated caption when it decodes one, and the paired ``text`` when that is the generated caption."""
+    fields = ["image"] if mode.makes_image and has_image else []
+    if mode.makes_text:
+        fields.append(r.GENERATED_CAPTION)
+    if mode.makes_text and mode not in (Mode.T2I, Mode.I2T2I):
+        fields.append(r.TEXT)
+    return fields

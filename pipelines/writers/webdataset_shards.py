@@ -37,6 +37,8 @@ METADATA_FIELDS = (
     r.TEXT,
     r.PROMPT_USED,
     r.FLAGS,
+    r.SYNTHETIC,
+    r.PHASH,
     r.CLIP_SCORE,
     r.SEED,
     r.WIDTH,
@@ -63,10 +65,10 @@ def member_names(keys: Sequence[str]) -> list[str]:
     return names
 
 
-def sample_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
+def sample_metadata(row: Mapping[str, Any], scores: Sequence[str] = ()) -> dict[str, Any]:
     """The ``.json`` member of a sample (see the module doc); ``params`` and ``metadata`` are embedded as
     objects when JSON."""
-    ours = {name: row.get(name) for name in METADATA_FIELDS}
+    ours = {name: row.get(name) for name in METADATA_FIELDS} | {c: row.get(c) for c in scores}
     for name in (r.PARAMS, r.METADATA):
         if isinstance(ours.get(name), str):
             with contextlib.suppress(json.JSONDecodeError):
@@ -79,7 +81,7 @@ def sample_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
 MEMBER_MTIME = 946_684_800  # 2000-01-01T00:00:00Z
 
 
-def tar_bytes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> bytes:
+def tar_bytes(rows: Sequence[Mapping[str, Any]], names: Sequence[str], scores: Sequence[str] = ()) -> bytes:
     """A complete tar (with its end-of-archive marker) holding one sample per row."""
     buffer = io.BytesIO()
     now = MEMBER_MTIME
@@ -90,7 +92,10 @@ def tar_bytes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> bytes:
             if row.get(r.TEXT) is not None:
                 _add(tar, f"{name}.txt", row[r.TEXT].encode("utf-8"), now)
             _add(
-                tar, f"{name}.json", json.dumps(sample_metadata(row), ensure_ascii=False).encode("utf-8"), now
+                tar,
+                f"{name}.json",
+                json.dumps(sample_metadata(row, scores), ensure_ascii=False).encode("utf-8"),
+                now,
             )
     return buffer.getvalue()
 
@@ -141,4 +146,4 @@ class WebdatasetShards:
 
     def files(self, rows: UnitRows, output: OutputSpec) -> dict[str, bytes | None]:
         (path,) = self.paths(rows.name)
-        return {path: tar_bytes(rows.ok, rows.member_names)}
+        return {path: tar_bytes(rows.ok, rows.member_names, output.score_columns)}
