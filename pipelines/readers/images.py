@@ -32,7 +32,12 @@ from pipelines import storage
 from pipelines.readers import image_formats
 from pipelines.readers.formats import Unreadable, unreadable
 from pipelines.readers.image_formats import ImageFile, ParquetImages, WebdatasetTar
-from pipelines.readers.img2dataset import Img2datasetListing, Img2datasetParquet, Img2datasetTar
+from pipelines.readers.img2dataset import (
+    Img2datasetListing,
+    Img2datasetParquet,
+    Img2datasetTar,
+    read_shard_metadata,
+)
 from pipelines.readers.job_output import JobOutput
 from pipelines.readers.naming import unique_names
 from pipelines.readers.parallel import map_in_tasks
@@ -93,7 +98,7 @@ def plan_images(
     if output is not None:
         records = output.records(listed)
     else:
-        tar_stems = {posixpath.splitext(f.relpath)[0] for f in listed if _extension(f.relpath) == "tar"}
+        tar_stems = tar_stems_of(listed)
         records = [f for f in listed if not _is_sidecar(f.relpath, tar_stems, img2dataset)]
         if indexes and path.endswith(".json"):  # the index is the input: exactly its shards
             named = {shard for index in indexes for shard in index.nsamples}
@@ -144,9 +149,27 @@ def plan_images(
     sources = [by_uri[p.uri][0] if p.uri in by_uri else p for p in protos]
     sources = _assign_keys(sources, {u: digest for u, (_, digest) in by_uri.items()}, options)
     excluded = excluded_entries(sources)
+    folder_shards = [m for stem, m in img2dataset.metadata.items() if stem not in tar_stems_of(listed)]
+    for counts in map_in_tasks(
+        functools.partial(_folder_exclusions, uri=uri, options=options), folder_shards
+    ):
+        for reason, n in counts.items():
+            excluded[reason] = excluded.get(reason, 0) + n
     if excluded:
         log.info("not records, as their metadata says: %s", excluded)
     return PlannedInput(plan_units(sources, unit_size), options, excluded)
+
+
+def tar_stems_of(listed: Sequence[storage.ListedFile]) -> set[str]:
+    """The relative paths without extension of the listed tars."""
+    return {posixpath.splitext(f.relpath)[0] for f in listed if _extension(f.relpath) == "tar"}
+
+
+def _folder_exclusions(metadata: storage.ListedFile, *, uri: str, options: ReadOptions) -> dict[str, int]:
+    """What the metadata of an img2dataset ``files``-layout shard lists that is not a file of its folder
+    (``uri``: the job's input, whose filesystem the metadata is on)."""
+    fs, _ = storage.open_filesystem(uri, options.storage_options)
+    return read_shard_metadata(fs, metadata.path, metadata.size).excluded
 
 
 def _listing(fs: AbstractFileSystem, path: str) -> tuple[list[storage.ListedFile], list[WidsIndex]]:
