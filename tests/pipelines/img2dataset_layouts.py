@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
+SIDE = 24  # px: small, and above the pipeline's 16 px minimum
+
 
 @dataclass(frozen=True)
 class Url:
@@ -34,7 +36,7 @@ class Url:
     status: str = "success"
 
 
-def jpeg(seed: int, size: int = 8) -> bytes:
+def jpeg(seed: int, size: int = SIDE) -> bytes:
     """A small JPEG that differs by ``seed``."""
     rng = random.Random(seed)
     img = Image.new("RGB", (size, size), (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
@@ -100,10 +102,10 @@ def write_corpus(
                 "key": compute_key(i, shard_id, oom_sample, oom_shard_count),
                 "status": row.status,
                 "error_message": row.error,
-                "width": 8 if ok else None,
-                "height": 8 if ok else None,
-                "original_width": 8 if ok else None,
-                "original_height": 8 if ok else None,
+                "width": SIDE if ok else None,
+                "height": SIDE if ok else None,
+                "original_width": SIDE if ok else None,
+                "original_height": SIDE if ok else None,
                 "exif": "{}" if ok else None,
                 "sha256": hashlib.sha256(row.image).hexdigest() if ok else None,
             }
