@@ -208,8 +208,8 @@ def _format(
         if f.path in nsamples:
             index, n = nsamples[f.path]
             return IndexedTar(claim=f"wids index {index.uri}", nsamples=n)
-        if img2dataset.metadata_of(f.relpath) is not None:
-            return Img2datasetTar()
+        if (metadata := img2dataset.metadata_of(f.relpath)) is not None:
+            return Img2datasetTar(metadata_size=metadata.size)
     if ext == "parquet" and output is not None:
         return Img2datasetParquet(with_status=False)
     return image_formats.BY_EXTENSION.get(ext, Unreadable(indexed=False))

@@ -134,6 +134,8 @@ class Img2datasetTar:
     """A tar of img2dataset's webdataset layout, counted from its metadata parquet (the ``parquet`` sidecar):
     no byte of the tar is read at planning; its segments are read checked against the metadata's keys."""
 
+    metadata_size: int | None = None  # bytes of the metadata parquet, as listed (saves a request)
+
     @property
     def name(self) -> str:
         return "img2dataset tar"
@@ -150,7 +152,7 @@ class Img2datasetTar:
         assert metadata is not None
         try:
             fs, _ = storage.open_filesystem(source.uri, options.storage_options)
-            shard = read_shard_metadata(fs, metadata)
+            shard = read_shard_metadata(fs, metadata, self.metadata_size)
         except NotMetadata:
             return WebdatasetTar().count_with_digest(replace(source, format=WebdatasetTar()), options, stride)
         except Exception as exc:
@@ -178,7 +180,7 @@ class Img2datasetTar:
         metadata = source.sidecar("parquet")
         assert metadata is not None
         claim = f"img2dataset metadata {storage.to_uri(fs, metadata)}"
-        keys = read_shard_metadata(fs, metadata).keys
+        keys = read_shard_metadata(fs, metadata, self.metadata_size).keys
         if len(keys) != source.num_records:
             problem = f"it lists {len(keys)} samples now, {source.num_records} when the job was planned"
             return disagreement_rows(source, start, stop, options, None, f"{problem} ({claim})")

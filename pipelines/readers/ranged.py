@@ -16,7 +16,7 @@ from fsspec import AbstractFileSystem
 
 from pipelines import storage
 
-DEFAULT_FETCH_SIZE = 2048  # bytes per request at least: a PAX member header (3 blocks) plus a little
+DEFAULT_FETCH_SIZE = 1536  # bytes per request at least: one PAX member header (3 blocks), or 3 plain ones
 
 
 class RangedFile(io.RawIOBase):
