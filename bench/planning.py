@@ -208,6 +208,9 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=96, help="image side in px (noise JPEGs, ~20 KB at 96)")
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--prompts", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument(
+        "--scan-max", type=int, default=10**9, help="plan without metadata up to this many tars"
+    )
     parser.add_argument("--loose", type=int, default=0, help="also plan this many loose image objects")
     parser.add_argument("--proxy", type=int, nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,7 +244,7 @@ def main() -> None:
                 objects[f"with/{shard:05d}.parquet"] = parquet
                 corpus += len(tar)
             upload(client, bucket, objects)
-            for variant in ("with", "without"):
+            for variant in ("with", "without") if n <= args.scan_max else ("with",):
                 plan = functools.partial(
                     plan_images,
                     f"s3://{bucket}/{variant}",

@@ -209,8 +209,8 @@ def test_wids_index_plans_like_a_scan_and_a_wrong_count_is_caught(tmp_path: Path
 # --- bounded reads and key digests ------------------------------------------------------------------------
 
 
-def noise_jpeg(seed: int, side: int = 96) -> bytes:
-    """A JPEG of noise (about 20 KB at 96 px, like a real photo at that size; flat images are tiny)."""
+def noise_jpeg(seed: int, side: int = 160) -> bytes:
+    """A JPEG of noise (about 25 KB at 160 px, like a photo of that size; flat images are tiny)."""
     pixels = random.Random(seed).randbytes(side * side * 3)
     buffer = io.BytesIO()
     Image.frombytes("RGB", (side, side), pixels).save(buffer, format="JPEG", quality=90)
@@ -230,7 +230,7 @@ def test_header_scan_on_s3_reads_headers_only(
     f = RangedFile(fs, f"{s3_bucket}/a.tar", len(data))
     items = list(scan_tar(f, 0))
     assert [i.key for i in items if not isinstance(i, TarDamage)] == [s["__key__"] for s in samples]
-    assert f.fetched < 0.35 * len(data) and f.requests <= 3 * len(samples) + 2
+    assert f.fetched < 0.25 * len(data) and f.requests <= 4 * len(samples) + 2  # 4.5 KiB of headers a sample
     planned = plan_images(f"s3://{s3_bucket}/a.tar", unit_size=16, storage_options=s3fs_storage_options)
     rows = read_all(planned)
     assert [rows[s["__key__"]]["image_bytes"] for s in samples] == [s["jpg"] for s in samples]
