@@ -26,8 +26,11 @@ import pyarrow.parquet as pq
 from pipelines import storage
 from pipelines.readers.fields import caption_text, json_object, kept_fields
 from pipelines.readers.formats import indexed_keys, unreadable
+from pipelines.readers.naming import dot_free
 from pipelines.readers.plan import ReadOptions, Source
+from pipelines.readers.ranged import DEFAULT_FETCH_SIZE, open_for_headers
 from pipelines.readers.tables import read_parquet_slice, slice_table
+from pipelines.readers.tar_keys import KeyDigest
 from pipelines.readers.webdataset_tars import SampleRecord, TarDamage, read_sample, scan_tar
 from unidiffuser.locations import describe_error
 
@@ -36,7 +39,7 @@ DEFAULT_IMAGE_COLUMNS = ("image", "jpg")
 DEFAULT_CAPTION_COLUMNS = ("caption", "text")
 
 
-def _kept(options: ReadOptions, fields: Sequence[Mapping | None]) -> list[str] | None:
+def kept_column(options: ReadOptions, fields: Sequence[Mapping | None]) -> list[str] | None:
     """The metadata column for records with these fields (None when nothing is kept)."""
     return [kept_fields(f, options.keep_fields) for f in fields] if options.keep_fields else None
 
@@ -69,27 +72,44 @@ class ImageFile:
             prompts=[caption],
             images=[data],
             errors=[None if data else "empty image file"],
-            metadata=_kept(options, [fields]),
+            metadata=kept_column(options, [fields]),
         )
+
+
+def sample_key(source: Source, key: str, index: int) -> str:
+    """The record key of the sample named ``key`` at ``index`` of a keyed source (tar, img2dataset parquet):
+    dot-free, with the source's prefix and, where the source repeats keys, the index (see ``tar_keys``)."""
+    return f"{source.key_prefix}{dot_free(key)}" + (f"-{index:09d}" if source.index_keys else "")
+
+
+def positional_keys(source: Source, start: int, stop: int) -> list[str]:
+    """Keys of records of a keyed source whose own keys are unknown (it cannot be read):
+    ``{prefix}{name}-unreadable-{index:09d}``, distinct from any sample key (they hold no webdataset key of
+    another source unless one is named so; the summary checks keys are unique)."""
+    return [f"{source.key_prefix}{source.name}-unreadable-{i:09d}" for i in range(start, stop)]
 
 
 @dataclass(frozen=True)
 class WebdatasetTar:
-    """A webdataset / img2dataset tar shard: counted by scanning member headers, read from a seek offset."""
+    """A webdataset / img2dataset tar shard: counted by scanning member headers with bounded ranged reads
+    (``ranged.RangedFile``: a few KiB per sample, never the whole object), read from a seek offset."""
 
     name: str = "tar"
+    fetch_size: int = DEFAULT_FETCH_SIZE
 
     def count(self, source: Source, options: ReadOptions, stride: int) -> Source:
-        return self.count_with_keys(source, options, stride)[0]
+        return self.count_with_digest(source, options, stride)[0]
 
-    def count_with_keys(self, source: Source, options: ReadOptions, stride: int) -> tuple[Source, list[str]]:
-        """The counted source and its samples' keys (planning decides key prefixes across the job's tars)."""
+    def count_with_digest(
+        self, source: Source, options: ReadOptions, stride: int
+    ) -> tuple[Source, KeyDigest]:
+        """The counted source and the digest of its samples' keys (see ``tar_keys``)."""
+        keys: list[str] = []
         try:
             fs, _ = storage.open_filesystem(source.uri, options.storage_options)
-            keys: list[str] = []
             offsets: list[int] = []
             error = None
-            with fs.open(source.path, "rb") as f:
+            with open_for_headers(fs, source.path, source.size, fetch_size=self.fetch_size) as f:
                 for item in scan_tar(f, 0):
                     if isinstance(item, TarDamage):
                         error = item.reason
@@ -99,7 +119,7 @@ class WebdatasetTar:
                     keys.append(item.key)
         except Exception as exc:
             reason = f"cannot read {source.uri}: {describe_error(exc)}"
-            return unreadable(source, reason, indexed=False), []
+            return unreadable(source, reason, indexed=False), KeyDigest()
         counted = replace(
             source,
             num_records=len(keys) + (error is not None),
@@ -107,13 +127,17 @@ class WebdatasetTar:
             stride=stride,
             error=error,
         )
-        return counted, keys
+        return counted, KeyDigest.of(keys)
+
+    def sample_keys(self, source: Source, options: ReadOptions) -> list[str]:
+        """The tar's sample keys, in order (for the exact key-collision check of ``tar_keys``)."""
+        fs, _ = storage.open_filesystem(source.uri, options.storage_options)
+        with open_for_headers(fs, source.path, source.size, fetch_size=self.fetch_size) as f:
+            return [item.key for item in scan_tar(f, 0) if not isinstance(item, TarDamage)]
 
     def planned_keys(self, source: Source, start: int, stop: int) -> list[str]:
-        """Sample keys are only known by reading the tar: an unreadable tar's records are named by position,
-        ``{prefix}{tar name}-unreadable-{index:09d}``, distinct from any sample key (they hold no ``.``-free
-        webdataset key of another tar unless one is named so; the summary checks keys are unique)."""
-        return [f"{source.key_prefix}{source.name}-unreadable-{i:09d}" for i in range(start, stop)]
+        """Sample keys are only known by reading the tar (see ``positional_keys``)."""
+        return positional_keys(source, start, stop)
 
     def read(self, source: Source, start: int, stop: int, options: ReadOptions) -> pa.Table:
         fs, _ = storage.open_filesystem(source.uri, options.storage_options)
@@ -127,7 +151,7 @@ class WebdatasetTar:
                     break
                 if index < start:
                     continue
-                keys.append(f"{source.key_prefix}{item.key}" + (f"-{index:09d}" if source.index_keys else ""))
+                keys.append(sample_key(source, item.key, index))
                 read.append(
                     read_sample(
                         item, image_extensions=IMAGE_EXTENSIONS, with_fields=bool(options.keep_fields)
@@ -136,14 +160,21 @@ class WebdatasetTar:
         if source.error is not None and stop == source.num_records:
             keys.append(f"{source.name}-error")
             read.append(SampleRecord(error=f"{source.uri}: {source.error}"))
-        return slice_table(
-            keys,
-            source.uri,
-            prompts=[r.caption for r in read],
-            images=[r.image for r in read],
-            errors=[r.error for r in read],
-            metadata=_kept(options, [r.fields for r in read]),
-        )
+        return samples_table(source, keys, read, options)
+
+
+def samples_table(
+    source: Source, keys: list[str], read: Sequence[SampleRecord], options: ReadOptions
+) -> pa.Table:
+    """The slice table of samples read from a tar."""
+    return slice_table(
+        keys,
+        source.uri,
+        prompts=[r.caption for r in read],
+        images=[r.image for r in read],
+        errors=[r.error for r in read],
+        metadata=kept_column(options, [r.fields for r in read]),
+    )
 
 
 @dataclass(frozen=True)
@@ -169,18 +200,18 @@ class ParquetImages:
         with fs.open(source.path, "rb") as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
-            image_col = _pick(names, options.field, DEFAULT_IMAGE_COLUMNS)
-            caption_col = _pick(names, options.caption_field, DEFAULT_CAPTION_COLUMNS)
+            image_col = pick_column(names, options.field, DEFAULT_IMAGE_COLUMNS)
+            caption_col = pick_column(names, options.caption_field, DEFAULT_CAPTION_COLUMNS)
             if image_col is None:
                 wanted = options.field or " or ".join(DEFAULT_IMAGE_COLUMNS)
                 reason = f"no image column {wanted} (columns: {', '.join(names)})"
                 return slice_table(
-                    keys, source.uri, errors=reason, metadata=_kept(options, [None] * len(keys))
+                    keys, source.uri, errors=reason, metadata=kept_column(options, [None] * len(keys))
                 )
             kept = [c for c in options.keep_fields if c in names]
             columns = list(dict.fromkeys([image_col, *([caption_col] if caption_col else []), *kept]))
             table = read_parquet_slice(pf, columns, start, stop)
-        images, errors = _image_values(table.column(image_col), image_col)
+        images, errors = image_values(table.column(image_col), image_col)
         prompts = None
         caption_type = table.schema.field(caption_col).type if caption_col is not None else None
         if caption_type is not None and (
@@ -189,7 +220,12 @@ class ParquetImages:
             prompts = table.column(caption_col).to_pylist()
         fields = table.select(kept).to_pylist() if kept else [None] * table.num_rows
         return slice_table(
-            keys, source.uri, prompts=prompts, images=images, errors=errors, metadata=_kept(options, fields)
+            keys,
+            source.uri,
+            prompts=prompts,
+            images=images,
+            errors=errors,
+            metadata=kept_column(options, fields),
         )
 
 
@@ -201,14 +237,14 @@ BY_EXTENSION: dict[str, Any] = {
 """The image format of each file extension (lower case, no dot)."""
 
 
-def _pick(names: list[str], wanted: str | None, defaults: tuple[str, ...]) -> str | None:
+def pick_column(names: list[str], wanted: str | None, defaults: tuple[str, ...]) -> str | None:
     for name in (wanted,) if wanted is not None else defaults:
         if name in names:
             return name
     return None
 
 
-def _image_values(column: pa.ChunkedArray, name: str) -> tuple[list[bytes | None], list[str | None]]:
+def image_values(column: pa.ChunkedArray, name: str) -> tuple[list[bytes | None], list[str | None]]:
     kind = column.type
     if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
         column = pc.struct_field(column, "bytes")

@@ -48,6 +48,13 @@ class Source:
     index_keys: bool = False  # ... and append the record index when the source's own keys repeat
     sidecars: tuple[tuple[str, str], ...] = ()  # (extension, path) of files that describe this one
     stamp: str = ""  # size and version of the file(s) read at planning (see ``storage.ListedFile.stamp``)
+    size: int | None = None  # bytes, as listed (bounded reads need no extra request to learn it)
+    planned_from: str = (
+        ""  # what the count came from when not the file itself (a metadata file), for messages
+    )
+    excluded: tuple[
+        tuple[str, int], ...
+    ] = ()  # (reason, n): entries the source's metadata lists, not records
 
     def sidecar(self, ext: str) -> str | None:
         """The path of the ``ext`` sidecar (e.g. ``txt``, ``json``), or None."""
@@ -113,6 +120,15 @@ class Unit:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+def excluded_entries(sources: Iterable[Source]) -> dict[str, int]:
+    """The sources' ``excluded`` entries summed by reason."""
+    counts: dict[str, int] = {}
+    for source in sources:
+        for reason, n in source.excluded:
+            counts[reason] = counts.get(reason, 0) + n
+    return dict(sorted(counts.items()))
+
+
 def plan_units(sources: Sequence[Source], unit_size: int) -> tuple[Unit, ...]:
     """Chunk the global record order of ``sources`` into units of ``unit_size`` records (last may be short)."""
     if unit_size < 1:
@@ -141,6 +157,10 @@ class PlannedInput:
 
     units: tuple[Unit, ...]
     options: ReadOptions = field(repr=False, default_factory=ReadOptions)
+    excluded: Mapping[str, int] = field(default_factory=dict)
+    """Entries the inputs' metadata lists that are not records, by reason (img2dataset's failed downloads:
+    absent from its tars and folders, rows without an image in its parquet layout); reported beside the
+    job's counts so that nothing is dropped silently (see ``excluded_entries``)."""
 
     @property
     def num_records(self) -> int:

@@ -358,7 +358,11 @@ def test_plan_units_and_unique_names() -> None:
     ]
     with pytest.raises(ValueError):
         plan_units(sources, 0)
-    assert unique_names(["x.txt", "d/x.txt", "y.txt", "x.jsonl"]) == ["x.txt", "d/x", "y", "x.jsonl"]
+    assert unique_names(["x.txt", "d/x.txt", "y.txt", "x.jsonl"]) == ["x_txt", "d/x", "y", "x_jsonl"]
+    # dot-free and still unique: names whose dot-free forms coincide fall back to a hash of the path
+    odd = unique_names(["a.b.png", "a_b.png", "v1.2/p.txt"], use_stem=False)
+    assert odd[2] == "v1_2/p" and len(set(odd)) == 3 and not any("." in n for n in odd)
+    assert odd == unique_names(["a.b.png", "a_b.png", "v1.2/p.txt"], use_stem=False)  # stable
 
 
 # --- count ---------------------------------------------------------------------------------------------------
@@ -402,14 +406,14 @@ def test_image_folder_with_sidecars_and_non_images(tmp_path: Path) -> None:
     rows = rows_by_key(read_images(str(tmp_path), unit_size=2))
     assert rows["cats/a"]["image_bytes"] == files["cats/a.png"]
     assert rows["cats/b"]["image_bytes"] == files["cats/b.jpg"]
-    assert rows["c.webp"]["image_bytes"] == files["c.webp"]  # c.PNG and c.webp collide without extension
-    assert rows["c.PNG"]["image_bytes"] == files["c.PNG"]
+    assert rows["c_webp"]["image_bytes"] == files["c.webp"]  # c.PNG and c.webp collide without extension
+    assert rows["c_PNG"]["image_bytes"] == files["c.PNG"]
     assert rows["cats/a"]["source"] == uri(tmp_path / "cats" / "a.png")
     assert rows["notes"]["read_error"] == "not an image file: notes.md"
     assert rows["notes"]["image_bytes"] is None
     assert rows["empty"]["read_error"] == "empty image file"
     assert len(rows) == 6
-    assert all(rows[k]["read_error"] is None for k in ("cats/a", "cats/b", "c.webp", "c.PNG"))
+    assert all(rows[k]["read_error"] is None for k in ("cats/a", "cats/b", "c_webp", "c_PNG"))
     assert Image.open(io.BytesIO(rows["cats/a"]["image_bytes"])).size == (6, 4)
 
 
