@@ -82,10 +82,11 @@ class RunPlan:
     def describe(self) -> str:
         """One line for people: records, units, and what happens to each unit."""
         records = self.planned.num_records * self.samples_per_input
+        excluded = "".join(f"; {n} not records ({why})" for why, n in sorted(self.planned.excluded.items()))
         return (
             f"{records} records in {self.planned.num_units} units: {len(self.keep)} committed and kept, "
             f"{self.to_run} to run ({len(self.stale)} of them committed before but stale), "
-            f"{len(self.outside)} outside the plan to remove"
+            f"{len(self.outside)} outside the plan to remove{excluded}"
         )
 
 

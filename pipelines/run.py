@@ -30,6 +30,7 @@ from pipelines.stages.score import ClipScoreStage, InputJudgeStage
 from pipelines.stages.write import WriteStage, output_spec
 from pipelines.versions import versions
 from pipelines.writers.summary import RunWork, write_summary
+from pipelines.writers.wids_index import write_wids_index
 from unidiffuser.checkpoint import read_checkpoint_resolution
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,12 @@ def run_pipeline(
             "units_run": plan.to_run,
             "units_redone": len(plan.stale),  # of units_run: committed before, by another config or input
             "units_removed": len(plan.outside),
+            "excluded": dict(planned.excluded),  # not records: img2dataset's failed downloads, by status
             "name": config.name,
         },
     )
+    if "webdataset" in config.output.formats:
+        write_wids_index(config.output.uri, options)
     return RunReport(
         summary=summary,
         units_total=planned.num_units,
