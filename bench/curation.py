@@ -37,7 +37,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pandas as pd
 import torch
-from pipelines.stages.pixels import to_bytes
 from torch import nn
 from transformers import (
     CLIPConfig,
@@ -52,6 +51,7 @@ from transformers import (
 from pipelines import records as r
 from pipelines.config import PipelineConfig
 from pipelines.heads import HeadSpec, ImageHead, ScoreHead, load_head
+from pipelines.pixels import to_bytes
 from pipelines.stages.score import ClipScoreStage
 from shapes.clip import roc_auc
 from shapes.heads import composition_score, is_not_safe, spearman

@@ -55,11 +55,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.plan:
         from jobs.local_ray import connect
         from pipelines.resume import plan_run
-        from pipelines.run import check_cluster_fits, plan_job_input
+        from pipelines.run import check_cluster_fits, find_duplicates, plan_job_input
 
         connect(os.environ.get("RAY_ADDRESS"), log_to_driver=args.verbose)
         _fits(check_cluster_fits, config)
-        print(f"plan: {plan_run(config, plan_job_input(config)).describe()}")
+        planned = plan_job_input(config)
+        plan = plan_run(config, planned, find_duplicates(config, planned))
+        print(f"plan: {plan.describe()}")
+        for first, copies in plan.duplicates.groups().items():
+            print(f"  exact duplicates of input {first}: {', '.join(copies)}")
     return 0
 
 

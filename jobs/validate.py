@@ -51,26 +51,66 @@ def check_clip(config: PipelineConfig, options: dict) -> list[str]:
 
 
 def check_curation(config: PipelineConfig, options: dict) -> list[str]:
-    """Each score head is readable and fits the CLIP model (input size, labels); the blocklist parses."""
+    """Each score head is readable and fits the CLIP model (input size, labels); each dedup reference set is
+    readable and of the CLIP model's size; the blocklist parses."""
     from pipelines.blocklist import Blocklist, BlocklistError
-    from pipelines.heads.remote import clip_embedding_dim
+    from pipelines.dedup.references import validate_reference
     from pipelines.heads.validate import validate_head
 
-    problems = []
-    heads = config.curation.heads
+    problems: list[str] = []
+    curation = config.curation
     dim = None
-    if heads and config.clip.enabled and config.clip.model and not check_clip(config, options):
-        try:
-            dim = clip_embedding_dim(config.clip.model, options)
-        except Exception as exc:
-            problems.append(f"clip.model: cannot read its embedding size: {describe_error(exc)}")
-    for i, head in enumerate(heads):
+    if curation.heads or curation.dedup.references:
+        dim, problems = _clip_embedding_dim(config, options)
+    for i, head in enumerate(curation.heads):
         problems += validate_head(head, dim, options, key=f"curation.heads.{i}")
-    if config.curation.blocklist:
+    dedup = curation.dedup
+    for i, entry in enumerate(dedup.references):
+        for problem in validate_reference(entry.spec(dedup.threshold), dim, options):
+            problems.append(f"curation.dedup.references.{i}: {problem}")
+    if curation.blocklist:
         try:
-            Blocklist.load(config.curation.blocklist, options)
+            Blocklist.load(curation.blocklist, options)
         except BlocklistError as exc:
             problems.append(f"curation.blocklist: {exc}")
+    return problems
+
+
+def _clip_embedding_dim(config: PipelineConfig, options: dict) -> tuple[int | None, list[str]]:
+    """The CLIP model's embedding size (None where it cannot be known), and the problem reading it."""
+    from pipelines.heads.remote import clip_embedding_dim
+
+    if not (config.clip.enabled and config.clip.model) or check_clip(config, options):
+        return None, []
+    try:
+        return clip_embedding_dim(config.clip.model, options), []
+    except Exception as exc:
+        return None, [f"clip.model: cannot read its embedding size: {describe_error(exc)}"]
+
+
+def check_provenance(config: PipelineConfig, options: dict) -> list[str]:
+    """The C2PA certificate and key can sign (a trial signature); a watermark fits the checkpoint's images."""
+    from pipelines.provenance.c2pa_manifest import SignerError
+    from pipelines.provenance.job_marks import load_job_signer
+    from pipelines.provenance.watermark import MIN_PIXELS
+
+    spec = config.provenance
+    problems = []
+    if spec.c2pa is not None:
+        try:
+            load_job_signer(spec.c2pa, options)
+        except (SignerError, ImportError) as exc:
+            problems.append(f"provenance.c2pa: {exc}")
+    if spec.watermark:
+        try:
+            side = read_checkpoint_resolution(config.model.checkpoint, storage_options=options)
+        except Exception:
+            side = None  # check_checkpoint names the problem
+        if side is not None and side * side < MIN_PIXELS:
+            problems.append(
+                f"provenance.watermark: the checkpoint makes {side} x {side} px images; the watermark needs "
+                f"{MIN_PIXELS} pixels (256 x 256) or more"
+            )
     return problems
 
 
@@ -91,5 +131,5 @@ def check_output(config: PipelineConfig, options: dict) -> list[str]:
 def preflight(config: PipelineConfig) -> list[str]:
     """Every reachability problem of a (structurally valid) spec, all at once."""
     options = config.storage.storage_options()
-    checks = (check_input, check_checkpoint, check_clip, check_curation, check_output)
+    checks = (check_input, check_checkpoint, check_clip, check_curation, check_provenance, check_output)
     return [problem for check in checks for problem in check(config, options)]

@@ -14,7 +14,9 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pipelines import records as r
+from pipelines.dedup.spec import DedupSpec
 from pipelines.heads.spec import HeadSpec
+from pipelines.provenance.spec import ProvenanceSpec
 from pipelines.spec_fields import Location, Strict
 from pipelines.writers.formats import OutputFormatName
 from pipelines.writers.shard_image import CaptionImage
@@ -169,6 +171,7 @@ class CurationSpec(Strict):
         description="t2i / t2i2t: a file of words (matched whole, any case) or /regular expressions/, one per "
         "line; a prompt matching one is rejected before generation",
     )
+    dedup: DedupSpec = Field(default_factory=DedupSpec, description="exact and near-duplicate removal")
 
     @model_validator(mode="after")
     def _unique(self) -> CurationSpec:
@@ -177,7 +180,7 @@ class CurationSpec(Strict):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 raise ValueError(f"curation.heads: the {what} {', '.join(map(repr, repeated))} is used twice")
-        taken = sorted({h.column for h in self.heads} & RESERVED_COLUMNS)
+        taken = sorted({h.column for h in self.heads if h.column} & RESERVED_COLUMNS)
         if taken:
             raise ValueError(
                 f"curation.heads: column {', '.join(map(repr, taken))} is a column of ours already"
@@ -194,7 +197,12 @@ class OutputSpec(Strict):
 
     uri: Location = Field(description="output folder; local, file://, s3://, ...")
     formats: list[OutputFormatName] = Field(
-        default_factory=lambda: ["parquet", "webdataset"], description="shard formats to write"
+        default_factory=lambda: list[OutputFormatName](["parquet", "webdataset"]),
+        description="shard formats to write",
+    )
+    license: str | None = Field(
+        None,
+        description="the dataset's license, written into its card (a Hugging Face license id: mit, cc-by-4.0, ...)",
     )
     shard_size: int = Field(
         1000,
@@ -255,6 +263,7 @@ class PipelineConfig(Strict):
     model: ModelSpec
     clip: ClipSpec = Field(default_factory=lambda: ClipSpec(enabled=False))
     curation: CurationSpec = Field(default_factory=CurationSpec)
+    provenance: ProvenanceSpec = Field(default_factory=ProvenanceSpec)
     output: OutputSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     seed: int = Field(0, description="job seed; a record's seed is derived from it and the record's key")
@@ -296,6 +305,25 @@ class PipelineConfig(Strict):
             raise ValueError(f"curation.heads judge images: mode '{mode}' writes none")
         if self.curation.blocklist is not None and mode.input != ModeInput.TEXT:
             raise ValueError(f"curation.blocklist judges prompts: mode '{mode}' reads none")
+        marks = self.provenance
+        if (marks.watermark or marks.c2pa is not None) and not mode.makes_image:
+            raise ValueError(
+                f"provenance.watermark and provenance.c2pa mark generated images: mode '{mode}' makes none"
+            )
+        dedup = self.curation.dedup
+        if dedup.exact_inputs and mode.input == ModeInput.NOTHING:
+            raise ValueError(f"curation.dedup.exact_inputs compares inputs: mode '{mode}' reads none")
+        if dedup.phase and not self.clip.enabled:
+            raise ValueError("curation.dedup compares CLIP embeddings: it needs clip.enabled")
+        if dedup.phase and "parquet" not in self.output.formats:
+            raise ValueError(
+                "curation.dedup rewrites units from their parquet shards: add 'parquet' to output.formats"
+            )
+        columns = {r.CLIP_SCORE, *(h.column for h in heads)}
+        if dedup.keep not in columns:
+            raise ValueError(
+                f"curation.dedup.keep {dedup.keep!r} is not a score column ({', '.join(sorted(c for c in columns if c))})"
+            )
         return self
 
     @property
@@ -314,9 +342,13 @@ class PipelineConfig(Strict):
         every unit marker, so a resume only skips units this very job committed. Name, resources and storage
         are left out: a job may resume on another cluster or under another name."""
         fields = self.model_dump(
-            mode="json", include={"input", "model", "clip", "curation", "output", "seed"}
+            mode="json", include={"input", "model", "clip", "curation", "provenance", "output", "seed"}
         )
         fields["output"].pop("uri", None)
+        fields["output"].pop("license", None)
+        # the dedup phase works on committed units (its own decisions track its settings); only the exact
+        # input dedup decides what the units hold
+        fields["curation"]["dedup"] = {"exact_inputs": self.curation.dedup.exact_inputs}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.blocklist import Blocklist
 from pipelines.config import PipelineConfig
+from pipelines.dedup.inputs import InputDuplicates
 from pipelines.heads.load import head_identity
 from pipelines.readers import PlannedInput, Unit
 from pipelines.writers.commit import committed_units
@@ -63,6 +64,7 @@ class RunPlan:
     """What running the job now would do to its output: which units it keeps, runs and removes."""
 
     planned: PlannedInput
+    duplicates: InputDuplicates  # exact input duplicates (``curation.dedup.exact_inputs``), else none
     versions: ModelVersions  # what the run's actors load
     fingerprint: str  # ``job_fingerprint``, recorded in the marker of every unit the run commits
     samples_per_input: int
@@ -79,10 +81,16 @@ class RunPlan:
         """The planned units the run generates and commits."""
         return [u for u in self.planned.units if u.index not in self.keep]
 
+    def unit_inputs(self) -> dict[int, str]:
+        """The input hash each unit the run commits records in its marker (duplicates folded in)."""
+        return {u.index: self.duplicates.unit_input(u) for u in self.to_run_units()}
+
     def describe(self) -> str:
         """One line for people: records, units, and what happens to each unit."""
         records = self.planned.num_records * self.samples_per_input
         excluded = "".join(f"; {n} not records ({why})" for why, n in sorted(self.planned.excluded.items()))
+        if self.duplicates.count:
+            excluded += f"; {self.duplicates.count} inputs are exact duplicates of earlier ones"
         return (
             f"{records} records in {self.planned.num_units} units: {len(self.keep)} committed and kept, "
             f"{self.to_run} to run ({len(self.stale)} of them committed before but stale), "
@@ -90,14 +98,18 @@ class RunPlan:
         )
 
 
-def plan_run(config: PipelineConfig, planned: PlannedInput) -> RunPlan:
+def plan_run(
+    config: PipelineConfig, planned: PlannedInput, duplicates: InputDuplicates | None = None
+) -> RunPlan:
     """Compare the output's committed units (their markers) with the planned input and this job's
-    fingerprint; reads markers and checkpoint listings, writes nothing."""
+    fingerprint; reads markers and checkpoint listings, writes nothing. ``duplicates`` (the input's exact
+    duplicates, when the job looks for them) are part of each unit's input hash."""
+    duplicates = duplicates or InputDuplicates()
     markers = committed_units(config.output.uri, config.storage.storage_options())
     versions = ModelVersions.of(config)
     fingerprint = job_fingerprint(config, versions)
     samples = config.model.samples_per_input
-    expected = {u.index: (u.num_records * samples, u.input_hash) for u in planned.units}
+    expected = {u.index: (u.num_records * samples, duplicates.unit_input(u)) for u in planned.units}
     keep = frozenset(
         u
         for u, m in markers.items()
@@ -105,6 +117,7 @@ def plan_run(config: PipelineConfig, planned: PlannedInput) -> RunPlan:
     )
     return RunPlan(
         planned=planned,
+        duplicates=duplicates,
         versions=versions,
         fingerprint=fingerprint,
         samples_per_input=samples,

@@ -1,7 +1,8 @@
 """Build and run one job as a streaming Ray Data pipeline, then account for every input.
 
     read + preprocess (CPU tasks, one per unit) [-> input judges (actors)] -> generate (engine actors)
-    -> CLIP score + score heads (actors) -> filter + write + commit (writer actors) -> _summary.json
+    -> CLIP score + score heads (actors) -> filter + write + commit (writer actors)
+    [-> dedup phase (near-duplicates, reference sets)] -> _summary.json
 
 Units this job already committed under the output are skipped, so re-running a job resumes it; units of
 another configuration are redone and units outside the plan removed. Every stage after preprocess runs in
@@ -10,6 +11,7 @@ actors whose resources are reserved when the job starts, so a unit is committed 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,14 +23,19 @@ from ray.data import ActorPoolStrategy
 
 from pipelines.blocklist import Blocklist
 from pipelines.config import InputKind, PipelineConfig
+from pipelines.dedup.inputs import InputDuplicates, find_input_duplicates
+from pipelines.dedup.phase import run_dedup_phase
+from pipelines.provenance.job_marks import JobMarks, load_job_signer
 from pipelines.readers import PlannedInput, plan_input
 from pipelines.resume import RunPlan, plan_run, retire_units
 from pipelines.stages.filter import FilterSpec
 from pipelines.stages.generate import GenerateStage
 from pipelines.stages.preprocess import preprocess_batch
 from pipelines.stages.score import ClipScoreStage, InputJudgeStage
-from pipelines.stages.write import WriteStage, output_spec
+from pipelines.stages.watermark import WatermarkSpec
+from pipelines.stages.write import WriteStage, job_marks, output_spec
 from pipelines.versions import versions
+from pipelines.writers.dataset_card import write_dataset_card
 from pipelines.writers.summary import RunWork, write_summary
 from pipelines.writers.wids_index import write_wids_index
 from unidiffuser.checkpoint import read_checkpoint_resolution
@@ -68,7 +75,10 @@ def build_dataset(
     max_task_retries=-1), and a rewritten unit overwrites the same files.
     """
     res = config.resources
-    one_block = {"batch_size": None, "batch_format": "pandas"}  # a unit is one block, one call
+    one_block: dict[str, Any] = {
+        "batch_size": None,
+        "batch_format": "pandas",
+    }  # a unit is one block, one call
     one_to_one = one_block | {"udf_modifying_row_count": False}
     resolution = read_checkpoint_resolution(
         config.model.checkpoint, storage_options=config.storage.storage_options()
@@ -76,11 +86,11 @@ def build_dataset(
     # A unit is read and preprocessed in one task (same resources: Ray Data fuses the two). The memory
     # reservation also keeps that task apart from the engine actors, which reserve none: Ray Data fuses
     # adjacent stages only when their resources are equal, and decoding must never hold a GPU actor.
-    task = {"num_cpus": res.preprocess_cpus, "memory": preprocess_memory(config, resolution)}
+    task: dict[str, Any] = {"num_cpus": res.preprocess_cpus, "memory": preprocess_memory(config, resolution)}
     ds = plan.planned.to_dataset(plan.keep, **task)
     samples = config.model.samples_per_input
     ds = ds.map_batches(
-        preprocess_batch,
+        preprocess_batch,  # type: ignore[arg-type]  # fn_kwargs supplies its keyword-only parameters
         **one_block | {"udf_modifying_row_count": samples > 1},  # it draws the samples of each input
         **task,
         fn_kwargs={
@@ -91,15 +101,19 @@ def build_dataset(
             "keep_source_images": config.output.caption_image.keeps_source(config.model.mode),
             "samples_per_input": samples,
             "blocklist": _blocklist(config),
+            "duplicates": {
+                key: first for by in plan.duplicates.by_unit.values() for key, first in by.items()
+            },
         },
     )
-    judges = {
+    judges: dict[str, Any] = {
         "compute": ActorPoolStrategy(size=res.clip_actors),
         "num_gpus": res.clip_gpus_per_actor,
         "num_cpus": res.clip_cpus_per_actor,
         "fn_constructor_args": (config,),
         "fn_constructor_kwargs": {"identity": plan.versions.clip, "head_identities": plan.versions.heads},
     }
+    watermark = WatermarkSpec.of(config, plan.fingerprint)
     if config.curation.heads_for("input"):  # judge the input images before any model work
         ds = ds.map_batches(InputJudgeStage, **one_to_one, **judges)
     ds = ds.map_batches(
@@ -112,15 +126,40 @@ def build_dataset(
         num_cpus=res.cpus_per_actor,
     )
     if config.clip.enabled:
-        ds = ds.map_batches(ClipScoreStage, **one_to_one, **judges)
-    output = output_spec(config, plan.fingerprint, {u.index: u.input_hash for u in plan.to_run_units()})
+        scoring = judges | {
+            "fn_constructor_kwargs": judges["fn_constructor_kwargs"] | {"watermark": watermark}
+        }
+        ds = ds.map_batches(ClipScoreStage, **one_to_one, **scoring)
+    output = output_spec(config, plan.fingerprint, plan.unit_inputs(), _marks(config, plan))
     return ds.map_batches(
         WriteStage,
         **one_block | {"udf_modifying_row_count": True},  # a unit's rows in, one row of its counts out
-        fn_constructor_args=(output, config.output.caption_image, FilterSpec.of(config)),
+        fn_constructor_args=(
+            output,
+            config.output.caption_image,
+            FilterSpec.of(config),
+            None if config.clip.enabled else watermark,
+        ),
         compute=ActorPoolStrategy(size=res.writers),
         num_cpus=res.writer_cpus,
     )
+
+
+def _marks(config: PipelineConfig, plan: RunPlan) -> JobMarks | None:
+    """What every generated image carries; the C2PA signer is read and checked here, on the driver, before any
+    model work."""
+    if not config.model.mode.makes_image:
+        return None
+    c2pa = config.provenance.c2pa
+    signer = None if c2pa is None else load_job_signer(c2pa, config.storage.storage_options())
+    return job_marks(config, plan.versions.checkpoint, signer)
+
+
+def find_duplicates(config: PipelineConfig, planned: PlannedInput) -> InputDuplicates | None:
+    """The input's exact duplicates, when the job looks for them (every input is read once)."""
+    if not config.curation.dedup.exact_inputs:
+        return None
+    return find_input_duplicates(planned, config.input.kind)
 
 
 def _blocklist(config: PipelineConfig) -> Blocklist | None:
@@ -176,7 +215,7 @@ def run_pipeline(
     check_cluster_fits(config)
     options = config.storage.storage_options()
     planned = plan_job_input(config)
-    plan = plan_run(config, planned)
+    plan = plan_run(config, planned, find_duplicates(config, planned))
     log.info("plan: %s", plan.describe())
     if plan.stale:
         log.warning("units %s were committed by another job configuration or input: redoing them", plan.stale)
@@ -197,6 +236,11 @@ def run_pipeline(
                 {k: row[k] for k in ("written", "rejected", "errored")},
             )
         stats = ds.stats()
+    dedup = (
+        run_dedup_phase(config, output_spec(config, plan.fingerprint))
+        if config.curation.dedup.phase
+        else None
+    )
     work = RunWork(
         wall_time_s=time.perf_counter() - started,
         units_run=plan.to_run,
@@ -217,9 +261,14 @@ def run_pipeline(
             "units_redone": len(plan.stale),  # of units_run: committed before, by another config or input
             "units_removed": len(plan.outside),
             "excluded": dict(planned.excluded),  # not records: img2dataset's failed downloads, by status
+            "input_duplicates": plan.duplicates.count,
+            **({"dedup": vars(dedup)} if dedup is not None else {}),
             "name": config.name,
+            "fingerprint": plan.fingerprint,
+            "model_versions": dataclasses.asdict(plan.versions),  # identities of what the actors loaded
         },
     )
+    write_dataset_card(config, summary, options)
     if "webdataset" in config.output.formats:
         write_wids_index(config.output.uri, options)
     return RunReport(

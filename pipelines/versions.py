@@ -26,3 +26,8 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "missing"
     return found
+
+
+def package_version() -> str:
+    """This package's own version (written into every generation record)."""
+    return versions()["unidiffuser-batch"]

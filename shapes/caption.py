@@ -11,6 +11,7 @@ After training, the latent's per-dimension mean and scale are folded into ``enco
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -128,12 +129,14 @@ def train_caption_decoder(
 
 
 @torch.no_grad()
-def normalise_latents(decoder: CaptionDecoder, hidden: torch.Tensor, device, limit: int = 4096) -> dict:
+def normalise_latents(
+    decoder: CaptionDecoder, hidden: torch.Tensor, device: torch.device | str, limit: int = 4096
+) -> dict:
     """Fold the latent's per-dimension mean and std into encode_prefix / decode_prefix (same outputs)."""
     latents = torch.cat([decoder.encode(h.to(device)).float().cpu() for h in hidden[:limit].split(512)])
     flat = latents.reshape(-1, latents.shape[-1])
     mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
-    enc, dec = decoder.encode_prefix, decoder.decode_prefix
+    enc, dec = cast(torch.nn.Linear, decoder.encode_prefix), cast(torch.nn.Linear, decoder.decode_prefix)
     mean_d, std_d = mean.to(enc.weight.device), std.to(enc.weight.device)
     dec.bias.add_(dec.weight @ mean_d)
     dec.weight.mul_(std_d[None, :])

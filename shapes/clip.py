@@ -95,7 +95,7 @@ def _embeds(
     image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
     out = model.text_model(input_ids=ids)
     text = model.text_projection(out.pooler_output)
-    embeds = (F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1))
+    embeds: tuple[torch.Tensor, ...] = (F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1))
     if summary:
         last = model.text_projection(out.last_hidden_state[:, -1])
         embeds += (F.normalize(last.float(), dim=-1),)

@@ -11,6 +11,7 @@ triangle has its mass low: -0.56; the other shapes are symmetric).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,7 +110,7 @@ def classify_shape(coverage: np.ndarray) -> tuple[str, float, float]:
         name: ((ratio - r) / FEATURE_SCALE[0]) ** 2 + ((skew - s) / FEATURE_SCALE[1]) ** 2
         for name, (r, s) in SHAPE_PROTOTYPES.items()
     }
-    return min(scores, key=scores.get), ratio, skew
+    return min(scores, key=lambda name: scores[name]), ratio, skew
 
 
 def detect(image: np.ndarray) -> Detection:
@@ -162,6 +163,6 @@ def detect(image: np.ndarray) -> Detection:
     return Detection(background, objects)
 
 
-def matches(found: list[tuple[str, str | None]], expected: list[tuple[str, str | None]]) -> bool:
+def matches(found: Sequence[tuple[str, str | None]], expected: Sequence[tuple[str, str | None]]) -> bool:
     """Whether two lists of (shape, colour) name the same objects (as multisets)."""
     return sorted(found, key=str) == sorted(expected, key=str)

@@ -73,7 +73,7 @@ def _extend(vocab: dict[str, int], tokens: list[str]) -> dict[str, int]:
 def world_clip_tokenizer(max_length: int = 32, corpus: list[str] | None = None) -> CLIPTokenizer:
     """CLIP tokenizer: bytes (alone and word-final) + every world word as one ``word</w>`` token."""
     corpus = vocabulary_corpus() if corpus is None else corpus
-    words = Counter()
+    words: Counter[tuple[str, ...]] = Counter()
     for piece, count in _pre_tokens(tiny_clip_tokenizer(), corpus).items():
         words[tuple(piece[:-1]) + (piece[-1] + END_OF_WORD,)] += count
     merges = learn_merges(words)

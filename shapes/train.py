@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def train_family(
     *,
     quick: bool = False,
     device: str | None = None,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     reuse: tuple[str, ...] = (),
 ) -> dict:
     """Train and save every part; returns the training report (also written to ``training_report.json``).

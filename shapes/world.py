@@ -272,8 +272,8 @@ def render(scene: Scene, resolution: int = RESOLUTION) -> np.ndarray:
             draw.ellipse(box, fill=colour)
         elif obj.shape == "square":
             draw.rectangle(box, fill=colour)
-        else:
-            draw.polygon(_shape_polygon(obj.shape, cx, cy, obj.side * k), fill=colour)
+        elif (polygon := _shape_polygon(obj.shape, cx, cy, obj.side * k)) is not None:
+            draw.polygon(polygon, fill=colour)
     small = canvas.resize((resolution, resolution), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.uint8).copy()
 

@@ -302,6 +302,7 @@ class UniDiffuserEngine:
             ctx = self._context(noise)
             steps: list[list[Result]] = []
             flags: list[list[str]]
+            image_latents: tuple[torch.Tensor, ...] | None
             if start == "text":
                 text, flags = self._encode_prompts(batch)
                 image_latents = None
@@ -340,7 +341,8 @@ class UniDiffuserEngine:
 
         def work(batch: list[tuple[np.ndarray, np.ndarray, list[str]]], noise: RecordNoise) -> list[Result]:
             ctx = self._context(noise)
-            ends = [self.codecs.encode_images([item[k] for item in batch], noise) for k in (0, 1)]
+            firsts, seconds = [a for a, _, _ in batch], [b for _, b, _ in batch]
+            ends = [self.codecs.encode_images(images, noise) for images in (firsts, seconds)]
             texts = [modes.i2t(ctx, *latents) for latents in ends]
             sampled = modes.interpolate(ctx, (list(ends[0]), list(ends[1])), (texts[0], texts[1]), weights)
             decoded = [self.codecs.decode_images(parts[0]) for parts in sampled]

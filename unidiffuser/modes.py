@@ -7,19 +7,20 @@ one generator per record.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from unidiffuser.noise import NoiseSource
 from unidiffuser.sampler import Parts, ddim_invert, ddim_sample, sample_dpm, slerp
-from unidiffuser.uvit import UViT
 
 
 class Denoiser:
     """The U-ViT with per-sample timesteps, the data-type token and the compute dtype applied."""
 
-    def __init__(self, uvit: UViT | torch.nn.Module, config_uvit, *, data_type: int, dtype: torch.dtype):
+    def __init__(self, uvit: Callable[..., Any], config_uvit: Any, *, data_type: int, dtype: torch.dtype):
         self.uvit = uvit
         self.uses_data_type = config_uvit.use_data_type_embedding
         self.data_type = data_type
@@ -35,10 +36,7 @@ class Denoiser:
         t_text: torch.Tensor | int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, device = img_vae.shape[0], img_vae.device
-        t_img = torch.as_tensor(t_img, device=device).long().expand(batch) if _scalar(t_img) else t_img.long()
-        t_text = (
-            torch.as_tensor(t_text, device=device).long().expand(batch) if _scalar(t_text) else t_text.long()
-        )
+        t_img, t_text = _per_record(t_img, batch, device), _per_record(t_text, batch, device)
         data_type = torch.full((batch,), self.data_type, device=device) if self.uses_data_type else None
         outs = self.uvit(
             img_vae.to(self.dtype), img_clip.to(self.dtype), text.to(self.dtype), t_img, t_text, data_type
@@ -46,8 +44,11 @@ class Denoiser:
         return tuple(o.float() for o in outs)
 
 
-def _scalar(t: torch.Tensor | int) -> bool:
-    return not torch.is_tensor(t) or t.ndim == 0
+def _per_record(t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
+    """A timestep per record: a scalar (int or 0-d tensor) repeated over the batch, a vector as is."""
+    if isinstance(t, int) or t.ndim == 0:
+        return torch.as_tensor(t, device=device).long().expand(batch)
+    return t.long()
 
 
 @dataclass
@@ -72,8 +73,9 @@ class SamplingContext:
         return self.guidance_scale * cond + (1.0 - self.guidance_scale) * uncond
 
 
-def _repeat(n: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [torch.cat([t] * n) for t in tensors]
+def _twice(t: torch.Tensor) -> torch.Tensor:
+    """The batch twice over (conditional and unconditional halves of one guided call)."""
+    return torch.cat([t, t])
 
 
 def t2i(ctx: SamplingContext, text: torch.Tensor, empty_text: torch.Tensor | None = None) -> Parts:
@@ -92,7 +94,8 @@ def t2i(ctx: SamplingContext, text: torch.Tensor, empty_text: torch.Tensor | Non
             uncond_text, uncond_t = empty_text.expand_as(text), 0
         zeros = torch.zeros(batch, dtype=torch.long, device=text.device)
         vae_out, clip_out, _ = ctx.denoiser(
-            *_repeat(2, img_vae, img_clip),
+            _twice(img_vae),
+            _twice(img_clip),
             torch.cat([text, uncond_text.to(text.dtype)]),
             t,
             torch.cat([zeros, torch.full_like(zeros, uncond_t)]),
@@ -116,7 +119,7 @@ def i2t(ctx: SamplingContext, img_vae: torch.Tensor, img_clip: torch.Tensor) -> 
         _, _, text_out = ctx.denoiser(
             torch.cat([img_vae, noise_vae.to(img_vae.dtype)]),
             torch.cat([img_clip, noise_clip.to(img_clip.dtype)]),
-            *_repeat(2, text),
+            _twice(text),
             torch.cat([zeros, torch.full_like(zeros, top)]),
             t,
         )
@@ -159,7 +162,10 @@ def image(ctx: SamplingContext) -> Parts:
     """Unconditional image latents: the text is held at maximal noise."""
 
     def eps(parts: Parts, t: torch.Tensor) -> Parts:
-        vae_out, clip_out, _ = ctx.denoiser(*parts, ctx.noise.draw(ctx.text_shape), t, ctx.max_timestep)
+        img_vae, img_clip = parts
+        vae_out, clip_out, _ = ctx.denoiser(
+            img_vae, img_clip, ctx.noise.draw(ctx.text_shape), t, ctx.max_timestep
+        )
         return [vae_out, clip_out]
 
     init = [ctx.noise.draw(ctx.vae_shape), ctx.noise.draw(ctx.clip_shape)]
@@ -195,7 +201,8 @@ def interpolate(
                 vae_out, clip_out, _ = ctx.denoiser(img_vae, img_clip, text_latent, t, zeros)
                 return [vae_out, clip_out]
             vae_out, clip_out, _ = ctx.denoiser(
-                *_repeat(2, img_vae, img_clip),
+                _twice(img_vae),
+                _twice(img_clip),
                 torch.cat([text_latent, ctx.noise.draw(ctx.text_shape).to(text_latent.dtype)]),
                 t,
                 torch.cat([zeros, torch.full_like(zeros, ctx.max_timestep)]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -188,7 +189,7 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList([_Proj(dim, proj_out), nn.Identity(), nn.Linear(inner, dim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.net[0].proj(x)
+        h = cast(_Proj, self.net[0]).proj(x)
         if self.activation == "geglu":
             h, gate = h.chunk(2, dim=-1)
             h = h * F.gelu(gate)
@@ -255,7 +256,8 @@ class _Transformer(nn.Module):
             skips.append(x)
         x = self.transformer_mid_block(x)
         for out in self.transformer_out_blocks:
-            x = out["block"](out["skip"](x, skips.pop()))
+            block, skip = cast(nn.ModuleDict, out)["block"], cast(nn.ModuleDict, out)["skip"]
+            x = block(skip(x, skips.pop()))
         return self.norm_out(x)
 
 
@@ -314,7 +316,7 @@ class UViT(nn.Module):
             self._time_token(t_img.expand(batch), self.timestep_img_embed, dtype),
             self._time_token(t_text.expand(batch), self.timestep_text_embed, dtype),
         ]
-        pos = self.pos_embed
+        pos: torch.Tensor = self.pos_embed
         if cfg.use_data_type_embedding:
             if data_type is None:
                 raise ValueError("this checkpoint (v1) needs data_type (0 or 1)")

@@ -11,46 +11,46 @@ decontamination against reference sets. One concept per module:
 - ``references``: loading and checking reference embedding sets, and the records within their threshold.
 
 Nothing here reads the pipeline's units or writes outputs: the pipeline's dedup phase does, with these.
+
+Names are imported lazily, so ``pipelines.dedup.spec`` (which the job spec embeds) loads without faiss.
 """
 
-from pipelines.dedup.exact import first_occurrences, image_fingerprint, normalise_prompt, prompt_fingerprint
-from pipelines.dedup.groups import Removal, group_removals
-from pipelines.dedup.pairs import Pairs
-from pipelines.dedup.phash import hamming, phash
-from pipelines.dedup.references import (
-    ReferenceRemoval,
-    ReferenceSet,
-    ReferenceSpec,
-    load_reference,
-    reference_removals,
-    validate_reference,
-)
-from pipelines.dedup.search import SearchConfig, find_new_pairs, find_pairs, nearest_matches, plan_search
-from pipelines.dedup.vectors import ArrayVectors, ConcatVectors, NpyVectors, VectorSource
+from __future__ import annotations
 
-__all__ = [
-    "ArrayVectors",
-    "ConcatVectors",
-    "NpyVectors",
-    "Pairs",
-    "ReferenceRemoval",
-    "ReferenceSet",
-    "ReferenceSpec",
-    "Removal",
-    "SearchConfig",
-    "VectorSource",
-    "find_new_pairs",
-    "find_pairs",
-    "first_occurrences",
-    "group_removals",
-    "hamming",
-    "image_fingerprint",
-    "load_reference",
-    "nearest_matches",
-    "normalise_prompt",
-    "phash",
-    "plan_search",
-    "prompt_fingerprint",
-    "reference_removals",
-    "validate_reference",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "first_occurrences": "pipelines.dedup.exact",
+    "image_fingerprint": "pipelines.dedup.exact",
+    "normalise_prompt": "pipelines.dedup.exact",
+    "prompt_fingerprint": "pipelines.dedup.exact",
+    "Removal": "pipelines.dedup.groups",
+    "group_removals": "pipelines.dedup.groups",
+    "Pairs": "pipelines.dedup.pairs",
+    "hamming": "pipelines.dedup.phash",
+    "phash": "pipelines.dedup.phash",
+    "ReferenceRemoval": "pipelines.dedup.references",
+    "ReferenceSet": "pipelines.dedup.references",
+    "ReferenceSpec": "pipelines.dedup.references",
+    "load_reference": "pipelines.dedup.references",
+    "reference_removals": "pipelines.dedup.references",
+    "validate_reference": "pipelines.dedup.references",
+    "SearchConfig": "pipelines.dedup.search",
+    "find_new_pairs": "pipelines.dedup.search",
+    "find_pairs": "pipelines.dedup.search",
+    "nearest_matches": "pipelines.dedup.search",
+    "plan_search": "pipelines.dedup.search",
+    "ArrayVectors": "pipelines.dedup.vectors",
+    "ConcatVectors": "pipelines.dedup.vectors",
+    "NpyVectors": "pipelines.dedup.vectors",
+    "VectorSource": "pipelines.dedup.vectors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipelines.dedup' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -37,12 +37,13 @@ from fsspec import AbstractFileSystem
 
 from pipelines import storage
 from pipelines.dedup.search import SearchConfig, nearest_matches
+from pipelines.dedup.spec import REFERENCE_NAME
 from pipelines.dedup.vectors import VectorSource, npy_shape, read_npy
 
 ID_COLUMNS = ("key", "image_path", "id")
 EMBEDDING_COLUMNS = ("embedding", "img_emb", "text_emb", "emb")
 EMBEDDINGS_FOLDERS = ("img_emb", "text_emb")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_PATTERN = re.compile(REFERENCE_NAME)
 
 
 @dataclass(frozen=True)

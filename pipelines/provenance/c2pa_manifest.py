@@ -99,7 +99,7 @@ class ManifestCheck:
 
 def _sdk() -> Any:
     """The c2pa-python module, imported on first use (the ``provenance`` extra; a native library)."""
-    import c2pa  # type: ignore[import-untyped]
+    import c2pa
 
     return c2pa
 

@@ -73,7 +73,7 @@ def watermark_payload(identity: str, n_bytes: int = DEFAULT_PAYLOAD_BYTES) -> by
 
 def _imwatermark() -> Any:
     """The invisible-watermark module, imported on first use (the ``provenance`` extra; pulls in OpenCV)."""
-    import imwatermark  # type: ignore[import-untyped]
+    import imwatermark
 
     return imwatermark
 

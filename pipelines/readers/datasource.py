@@ -76,7 +76,7 @@ class UnitDatasource(Datasource):
                 BlockMetadata(
                     num_rows=unit.num_records,
                     size_bytes=None,
-                    input_files=list(dict.fromkeys(s.source.uri for s in unit.segments)),
+                    input_files=tuple(dict.fromkeys(s.source.uri for s in unit.segments)),
                     exec_stats=None,
                 ),
                 schema=records.READER_SCHEMA,

@@ -9,7 +9,7 @@ is one class (and one entry in its kind's table: ``prompt_formats.BY_EXTENSION``
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -39,6 +39,15 @@ class InputFormat(Protocol):
     def planned_keys(self, source: Source, start: int, stop: int) -> list[str]:
         """The keys of records ``[start, stop)`` as planning knows them (for error rows of a source that
         cannot be read at all)."""
+        ...
+
+
+@runtime_checkable
+class SampleKeyed(Protocol):
+    """A format whose records are named by their samples' keys (tar shards), read to check collisions."""
+
+    def sample_keys(self, source: Source, options: ReadOptions) -> list[str]:
+        """Every sample key of ``source``, in order."""
         ...
 
 

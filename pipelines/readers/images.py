@@ -30,7 +30,7 @@ from fsspec import AbstractFileSystem
 
 from pipelines import storage
 from pipelines.readers import image_formats
-from pipelines.readers.formats import Unreadable, unreadable
+from pipelines.readers.formats import InputFormat, SampleKeyed, Unreadable, unreadable
 from pipelines.readers.image_formats import ImageFile, ParquetImages, WebdatasetTar
 from pipelines.readers.img2dataset import (
     Img2datasetListing,
@@ -198,7 +198,7 @@ def _format(
     nsamples: dict[str, tuple[WidsIndex, int]],
     img2dataset: Img2datasetListing,
     fs: AbstractFileSystem,
-) -> object:
+) -> InputFormat:
     """How the file is counted and read (see the module doc for which metadata is used first)."""
     ext = _extension(f.path)
     if ext == "tar":
@@ -253,7 +253,13 @@ def _assign_keys(sources: list[Source], digests: dict[str, KeyDigest], options: 
 
 def _group_collides(group: list[Source], *, options: ReadOptions) -> bool:
     """Whether two sources of ``group`` share a sample key (runs in a task: the keys never reach the driver)."""
-    return shared_key(source.format.sample_keys(source, options) for source in group)
+    return shared_key(_keyed(source).sample_keys(source, options) for source in group)
+
+
+def _keyed(source: Source) -> SampleKeyed:
+    if not isinstance(source.format, SampleKeyed):
+        raise TypeError(f"{source.uri}: format {source.format.name} has no sample keys")
+    return source.format
 
 
 def _count(source: Source, *, options: ReadOptions, stride: int) -> tuple[Source, KeyDigest]:

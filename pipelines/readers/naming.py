@@ -50,7 +50,7 @@ def unique_names(relpaths: Sequence[str], *, use_stem: bool | Sequence[bool] = T
     if len(per_file) != len(relpaths):
         raise ValueError(f"use_stem gives {len(per_file)} flags for {len(relpaths)} paths")
     chains: list[list[Callable[[str], str]]] = [
-        ([_stem] if stem else []) + [_without_extension, _whole, _hashed] for stem in per_file
+        [*([_stem] if stem else []), _without_extension, _whole, _hashed] for stem in per_file
     ]
     names: list[str | None] = [None] * len(relpaths)
     pending = list(range(len(relpaths)))

@@ -30,7 +30,7 @@ def map_in_tasks(
         max_tasks = max(1, int(2 * cpus))
     per_task = -(-len(items) // max_tasks)
     batches = [list(items[i : i + per_task]) for i in range(0, len(items), per_task)]
-    remote = ray.remote(**({"num_cpus": 1} | remote_args))(_call_each)
+    remote: Any = ray.remote(**({"num_cpus": 1} | remote_args))(_call_each)
     return [result for batch in ray.get([remote.remote(fn, b) for b in batches]) for result in batch]
 
 

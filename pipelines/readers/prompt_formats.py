@@ -151,7 +151,7 @@ class JsonArray(_WholeFileFormat):
         data = json.loads(storage.read_bytes(fs, source.path).decode("utf-8-sig"))
         if not isinstance(data, list):
             raise ValueError(f"expected a JSON array of objects, got {type(data).__name__}")
-        fields = [obj if isinstance(obj, dict) else None for obj in data]
+        fields: list[Fields] = [obj if isinstance(obj, dict) else None for obj in data]
         return [_object_prompt(obj, field) for obj in data], fields
 
 
@@ -195,7 +195,9 @@ class ParquetPrompts(_PromptFormat):
         with fs.open(source.path, "rb") as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
-            wanted = [c for c in dict.fromkeys([_pick_column(names, field), *keep]) if c in names]
+            wanted = [
+                c for c in dict.fromkeys([_pick_column(names, field), *keep]) if c is not None and c in names
+            ]
             table = read_parquet_slice(pf, wanted, start, stop)
         return _table_results(table, field, keep, all_names=names)
 

@@ -59,7 +59,7 @@ def overlapping_groups(digests: Sequence[KeyDigest]) -> list[list[int]]:
     for first, last, i in ranged:
         if current and current_last is not None and first <= current_last:
             current.append(i)
-            current_last = max(current_last, last)
+            current_last = max(current_last, last) if last is not None else current_last
             continue
         if len(current) > 1:
             groups.append(current)

@@ -7,12 +7,14 @@ GPUs never decode: the generate stage receives ready pixels. Bad records become 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import pandas as pd
 
 from pipelines import records as r
 from pipelines.blocklist import BLOCKLIST_RULE, Blocklist, blocked_reason
 from pipelines.config import InputKind
+from pipelines.dedup.inputs import DUPLICATE_RULE, duplicate_reason
 from pipelines.pixels import to_bytes
 from pipelines.stages.filter import reject_records
 from unidiffuser import InputError, derive_seed, prepare_image
@@ -29,12 +31,14 @@ def preprocess_batch(
     keep_source_images: bool = False,
     samples_per_input: int = 1,
     blocklist: Blocklist | None = None,
+    duplicates: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Add pixels, status, reason and flags to one unit's rows (and, if asked, keep each good input image's
     file bytes for the shards), then draw ``samples_per_input`` records of each with their keys and seeds.
 
     Reasons name where a record failed: ``read: ...`` (the reader could not produce it), ``input: ...`` (it
-    was read but is not a usable prompt or image). A prompt matching the ``blocklist`` is rejected."""
+    was read but is not a usable prompt or image). A prompt matching the ``blocklist``, and an input that ``duplicates`` names
+    (input key -> its first copy's key), are rejected."""
     started = time.time()
     pixels, sources, status, reasons, flags = [], [], [], [], []
     for row in batch.itertuples(index=False):
@@ -65,8 +69,19 @@ def preprocess_batch(
     out[r.STARTED_AT] = started
     if blocklist is not None:
         out = _block(out, blocklist)
+    if duplicates:
+        out = _reject_duplicates(out, duplicates)
     out = draw_samples(out, samples_per_input)
     out[r.SEED] = [derive_seed(job_seed, key) for key in out[r.KEY]]
+    return out
+
+
+def _reject_duplicates(batch: pd.DataFrame, duplicates: Mapping[str, str]) -> pd.DataFrame:
+    """Reject the ok inputs that repeat an earlier one (see ``pipelines.dedup.inputs``)."""
+    out = batch
+    for i, key in enumerate(batch[r.KEY]):
+        if key in duplicates:
+            out = reject_records(out, [i], duplicate_reason(duplicates[key]), DUPLICATE_RULE)
     return out
 
 

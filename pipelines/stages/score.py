@@ -25,11 +25,13 @@ from transformers import CLIPModel
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
+from pipelines.heads.base import ImageHead, ScoreHead
 from pipelines.heads.bounds import bad_score_reason
 from pipelines.heads.load import load_head
 from pipelines.heads.spec import HeadSpec
 from pipelines.pixels import from_bytes
 from pipelines.stages.filter import FilterSpec, filter_batch
+from pipelines.stages.watermark import WatermarkSpec, watermark_batch
 from unidiffuser import Mode, resolve_checkpoint
 from unidiffuser.checkpoint import load_clip_processor
 
@@ -87,6 +89,14 @@ class HeadScorer:
             for s in specs
         ]
 
+    @staticmethod
+    def _score(head: ScoreHead, images: list[np.ndarray], embeddings: np.ndarray | None) -> np.ndarray:
+        if isinstance(head, ImageHead):
+            return head.score_images(images)
+        if embeddings is None:
+            raise ValueError(f"head {head.name!r} scores CLIP embeddings, and none were computed")
+        return head.score_embeddings(embeddings)
+
     @property
     def needs_embeddings(self) -> bool:
         return any(h.input == "embedding" for h in self.heads)
@@ -102,11 +112,7 @@ class HeadScorer:
             column = spec.column or spec.name
             values: list[float | None] = [None] * len(out)
             if rows:
-                scores = (
-                    head.score_embeddings(embeddings)
-                    if head.input == "embedding"
-                    else head.score_images(images)
-                )  # type: ignore[union-attr,arg-type]
+                scores = self._score(head, images, embeddings)
                 for i, value in zip(rows, scores.tolist(), strict=True):
                     values[i] = float(value)
                     if not np.isfinite(value) and status[i] == r.Status.OK.value:
@@ -128,23 +134,27 @@ class ClipScoreStage:
         config: PipelineConfig,
         identity: str | None = None,
         head_identities: Mapping[str, str] | None = None,
+        watermark: WatermarkSpec | None = None,
     ):
-        """``identity`` / ``head_identities`` pin the CLIP model and heads versions the job was planned with."""
+        """``identity`` / ``head_identities`` pin the CLIP model and heads versions the job was planned with;
+        ``watermark`` is embedded in the generated images first, so they are judged as they are written."""
         device = _device(config.resources.clip_gpus_per_actor)
         self.clip = ClipEmbedder(config, identity, device)
         self.heads = HeadScorer(config.curation.heads_for("output"), head_identities or {}, config, device)
         self.mode = config.model.mode
+        self.watermark = watermark
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        out = batch.copy()
+        out = batch.copy() if self.watermark is None else watermark_batch(batch, self.watermark)
         n = len(out)
         ok = [i for i in range(n) if out[r.STATUS].iloc[i] == r.Status.OK.value]
         img_emb: list[np.ndarray | None] = [None] * n
         text_emb: list[np.ndarray | None] = [None] * n
         scores: list[float | None] = [None] * n
         images = self._judged_images(out)
-        with_image = [i for i in ok if images[i] is not None]
-        pixels = [from_bytes(images[i]) for i in with_image]
+        judged = {i: image for i in ok if (image := images[i]) is not None}
+        with_image = list(judged)
+        pixels = [from_bytes(image) for image in judged.values()]
         image_matrix = self.clip.images(pixels)
         for i, e in zip(with_image, image_matrix, strict=True):
             img_emb[i] = e

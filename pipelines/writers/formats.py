@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
+from pipelines.provenance.job_marks import JobMarks
 from pipelines.writers.commit import UnitCommit, unit_name
 from pipelines.writers.encode import image_format
 
@@ -32,6 +33,7 @@ class OutputSpec:
     fingerprint: str | None = None  # of the job that writes (recorded in each marker; see resume)
     unit_inputs: Mapping[int, str] = field(default_factory=dict)  # unit -> ``Unit.input_hash`` (ditto)
     score_columns: tuple[str, ...] = ()  # the score heads' columns, written beside ``clip_score``
+    marks: JobMarks | None = None  # what every generated image carries (None: written unmarked)
 
     def __post_init__(self) -> None:
         unknown = set(self.formats) - set(FORMAT_NAMES)

@@ -43,6 +43,9 @@ from pipelines.writers.shard_image import CaptionImage, shard_image
 from pipelines.writers.webdataset_shards import WebdatasetShards, member_names
 from unidiffuser.config import Mode, ModeInput
 
+DECISIONS_DIR = "dedup/units"
+"""Where the dedup phase records what it decided about each unit (``pipelines.dedup.phase``)."""
+
 SELECTABLE: dict[str, OutputFormat] = {
     f.name: f for f in (ParquetShards(), WebdatasetShards(), ClipRetrievalEmbeddings())
 }
@@ -52,8 +55,10 @@ ALWAYS: tuple[OutputFormat, ...] = (ShardStats(), RejectedRecords(), ErroredReco
 
 
 def every_path(unit: str) -> tuple[str, ...]:
-    """Every path a unit may have in any format (its commit marker and key hashes excepted)."""
-    return tuple(path for f in (*SELECTABLE.values(), *ALWAYS) for path in f.paths(unit))
+    """Every path a unit may have in any format, and the dedup phase's decisions about it (which a rewrite of
+    the unit makes stale); its commit marker and key hashes excepted."""
+    formats = tuple(path for f in (*SELECTABLE.values(), *ALWAYS) for path in f.paths(unit))
+    return (*formats, f"{DECISIONS_DIR}/{unit}.json")
 
 
 def write_unit(
@@ -64,7 +69,11 @@ def write_unit(
     All files are built in memory first (a bad record fails the unit before anything is touched), then
     the old marker is removed, the files are written whole, and the new marker is written last.
     """
-    rows = unit_rows(batch, output, caption_image)
+    return commit_unit(unit_rows(batch, output, caption_image), output)
+
+
+def commit_unit(rows: UnitRows, output: OutputSpec) -> commit.UnitCommit:
+    """Write every file of ``rows``' unit in the selected formats and commit it (see ``write_unit``)."""
     files = dict.fromkeys(every_path(rows.name))
     for fmt in (*(SELECTABLE[name] for name in output.formats), *ALWAYS):
         files |= fmt.files(rows, output)
@@ -102,9 +111,10 @@ def unit_rows(batch: pd.DataFrame, output: OutputSpec, caption_image: CaptionIma
     image columns of the written and rejected ones encoded."""
     unit = _unit_of(batch)
     rows = [_output_texts(_clean_row(row)) for row in batch.to_dict("records")]
+    for row in rows:
+        if row.get(r.STATUS) in (r.Status.OK.value, r.Status.REJECTED.value):
+            _encode(row, output, caption_image)
     ok, rejected, errored = _split(rows)
-    for row in ok + rejected:
-        _encode(row, output, caption_image)
     counts = commit.UnitCommit.of(
         unit,
         written=len(ok),
@@ -184,10 +194,18 @@ def _outcome(row: Mapping[str, Any]) -> tuple[r.Status, str | None]:
 
 
 def _encode(row: dict[str, Any], output: OutputSpec, caption_image: CaptionImage) -> None:
-    """The row's image columns, from the one image written with it (see ``shard_image``), its pHash, and which
-    of its fields the model made."""
+    """The row's image columns, from the one image written with it (see ``shard_image``), marked as generated
+    when the model made it (``output.marks``), its pHash, and which of its fields the model made. An image
+    that cannot carry its marks makes the row an error row: nothing is written unmarked."""
     mode = Mode(row[r.MODE]) if row.get(r.MODE) else Mode.TEXT
     image = shard_image(row, mode, caption_image, output.image_format, output.quality)
+    if image is not None and mode.makes_image and output.marks is not None:
+        try:
+            image = replace(image, data=output.marks.mark(image.data, image.format, row))
+        except ValueError as error:  # MarkingError, or a record field the job cannot describe
+            row[r.STATUS], row[r.REASON] = r.Status.ERROR.value, f"provenance: {error}"
+            row[r.REJECT_RULES] = None
+            image = None
     row[r.IMAGE] = image.data if image else None
     row[r.IMAGE_FORMAT] = image.format if image else None
     row[r.WIDTH] = image.width if image else None

@@ -70,10 +70,12 @@ def sample_metadata(row: Mapping[str, Any], scores: Sequence[str] = ()) -> dict[
     objects when JSON."""
     ours = {name: row.get(name) for name in METADATA_FIELDS} | {c: row.get(c) for c in scores}
     for name in (r.PARAMS, r.METADATA):
-        if isinstance(ours.get(name), str):
+        value = ours.get(name)
+        if isinstance(value, str):
             with contextlib.suppress(json.JSONDecodeError):
-                ours[name] = json.loads(ours[name])
-    kept = ours[r.METADATA] if isinstance(ours[r.METADATA], dict) else {}
+                ours[name] = json.loads(value)
+    metadata = ours[r.METADATA]
+    kept: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
     return {**kept, **ours, "status": "success"}
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pipelines.stages.pixels import to_bytes
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
 from pipelines.heads import HeadSpec, load_head
+from pipelines.pixels import to_bytes
 from pipelines.stages.score import ClipScoreStage
 from shapes.clip import roc_auc
 from shapes.heads import HeadsConfig, HeadTrainConfig, composition_score, is_not_safe, spearman, train_heads
@@ -72,7 +72,7 @@ def test_embeddings_are_those_of_the_score_stage():
     })  # fmt: skip
     captions = [s.caption for s in samples]
     batch = pd.DataFrame({
-        r.STATUS: [r.Status.OK.value] * len(samples), r.OUT_PIXELS: [to_bytes(s.image) for s in samples],
+        r.STATUS: [r.Status.OK.value] * len(samples), r.REASON: [None] * len(samples), r.OUT_PIXELS: [to_bytes(s.image) for s in samples],
         r.TEXT: captions, r.PROMPT: captions, r.PIXELS: [None] * len(samples),
     })  # fmt: skip
     stage = ClipScoreStage(config)(batch)

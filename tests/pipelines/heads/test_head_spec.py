@@ -43,11 +43,11 @@ def test_default_columns(name: str, kind: str, column: str):
 def test_spec_rules():
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         HeadSpec.model_validate({"name": "a", "kind": "mlp", "uri": "/h", "threshold": 1})
-    with pytest.raises(ValidationError, match=r"heads.wm.label is required for kind 'classifier'"):
+    with pytest.raises(ValidationError, match=r"head 'wm': label is required for kind 'classifier'"):
         HeadSpec(name="wm", kind="classifier", uri="/h")
-    with pytest.raises(ValidationError, match=r"heads.a.label applies to kind 'classifier' only"):
+    with pytest.raises(ValidationError, match=r"head 'a': label applies to kind 'classifier' only"):
         HeadSpec(name="a", kind="mlp", uri="/h", label="x")
-    with pytest.raises(ValidationError, match=r"heads.a.min \(5.0\) must not exceed max \(1.0\)"):
+    with pytest.raises(ValidationError, match=r"head 'a': min \(5.0\) must not exceed max \(1.0\)"):
         HeadSpec(name="a", kind="mlp", uri="/h", min=5, max=1)
     with pytest.raises(ValidationError, match="kind"):
         HeadSpec.model_validate({"name": "a", "kind": "svm", "uri": "/h"})
