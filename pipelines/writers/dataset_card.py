@@ -1,8 +1,10 @@
 """The dataset card of a job's output: ``README.md`` at its root, in Hugging Face's dataset-card form.
 
-Its YAML header names the data files (``configs`` / ``data_files``: the parquet shards as the default
-configuration, the webdataset shards as ``webdataset``), so ``datasets.load_dataset(OUTPUT)`` reads the
-output as it is, and tags it (``synthetic`` when the model made images or texts). The body says what made the
+Its YAML header names the data files (``configs`` / ``data_files``: the parquet shards, else the webdataset
+shards), so ``datasets.load_dataset(OUTPUT)`` reads the written records as they are (never ``rejected/`` or
+``errors/``). One configuration only: ``datasets`` picks one builder for a whole folder, so a second
+configuration of another format would be read with the first one's builder; the card shows the call that
+reads the tars instead. It tags the data (``synthetic`` when the model made images or texts). The body says what made the
 data (the generation config, the model and its version identity), how many records were written, rejected
 and errored and why, how the scores are distributed, and how the images are marked (the provenance statement).
 It is rewritten after every run, from the summary and the written shards' score columns.
@@ -32,11 +34,12 @@ _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000
 def card_header(config: PipelineConfig, written: int) -> dict[str, Any]:
     """The card's YAML header: data files per configuration, tags, task and size categories."""
     mode = config.model.mode
+    formats = config.output.formats
     configs = []
-    if "parquet" in config.output.formats:
+    if "parquet" in formats:
         configs.append(_config("default", f"{PARQUET_DIR}/*.parquet"))
-    if "webdataset" in config.output.formats:
-        configs.append(_config("webdataset" if configs else "default", "webdataset/*.tar"))
+    elif "webdataset" in formats:
+        configs.append(_config("default", "webdataset/*.tar"))
     tags = ["unidiffuser-batch", "unidiffuser", "image-text"]
     if mode.makes_image or mode.makes_text:
         tags.append("synthetic")
@@ -149,10 +152,13 @@ def _layout(config: PipelineConfig) -> list[str]:
         "```python",
         "import datasets",
         'ds = datasets.load_dataset("path/to/this/folder", split="train")',
-        "```",
-        "",
     ]
-    return lines
+    if "webdataset" in config.output.formats and "parquet" in config.output.formats:
+        lines.append(
+            'tars = datasets.load_dataset("webdataset", data_files={"train": "path/to/this/folder/webdataset/*.tar"}, '
+            'split="train")'
+        )
+    return [*lines, "```", ""]
 
 
 def _histograms(histograms: Mapping[str, Any]) -> list[str]:
@@ -163,7 +169,7 @@ def _histograms(histograms: Mapping[str, Any]) -> list[str]:
         top = max(counts) or 1
         lines += [f"### {column}", "", "| from | to | records | |", "|---:|---:|---:|---|"]
         for low, high, count in zip(edges, edges[1:], counts, strict=False):
-            lines.append(f"| {low:.3f} | {high:.3f} | {count} | {'#' * round(20 * count / top)} |")
+            lines.append(f"| {low:.3f} | {high:.3f} | {count} | {'█' * round(20 * count / top)} |")
         lines.append("")
     return lines
 
