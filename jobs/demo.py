@@ -7,7 +7,9 @@ demo's CLIP scorer. ``--model tiny`` runs the same jobs on randomly initialised 
 (plumbing only: noise images, gibberish captions).
 
 The demo inputs in ``jobs/demo/`` are written by ``write_demo_inputs``: new scenes of the world (its ``val``
-split: never trained on, made of shape-colour pairs the model has seen) plus deliberately bad records. How the
+split: never trained on, made of shape-colour pairs the model has seen) plus deliberately bad records, a
+repeated prompt and a repeated image (exact input duplicates), and a prompt and an image holding a red square
+(the shapes world's stand-in for unsafe content, which its ``not_safe`` head scores). How the
 model does on shape-colour pairs it never saw is measured by ``bench/quality.py``.
 """
 
@@ -24,6 +26,7 @@ MODELS = ("shapes", "tiny")
 BAD_PROMPTS = ("", "   ")  # error rows in the demo's output: an empty and a whitespace-only prompt
 DEMO_PROMPTS = 14
 DEMO_IMAGES = 12
+DEMO_EXTRAS = 2  # each input kind also holds a repeat of its first input and a red-square input
 DEMO_SPLIT, DEMO_START = "val", 1000  # past the val samples the training command monitors (0..511)
 
 
@@ -65,23 +68,44 @@ def pairs_from_file_name(name: str) -> list[tuple[str, str]]:
 
 
 def write_demo_inputs(folder: Path = DEMO_INPUTS, seed: int = 0) -> None:
-    """The demo's prompts (world captions + bad prompts) and image folder (world images, named by their ground
-    truth). The corrupt ``broken.jpg`` and the non-image ``notes.csv`` are kept as they are."""
+    """The demo's prompts (world captions, bad prompts, a repeat, a red square) and image folder (world images
+    named by their ground truth, a repeat, a red square). The corrupt ``broken.jpg`` and the non-image
+    ``notes.csv`` are kept as they are."""
     from PIL import Image
 
+    from shapes.heads import is_not_safe
     from shapes.world import ShapesWorld
 
     world = ShapesWorld(seed)
     prompts = [world.sample(DEMO_START + i, DEMO_SPLIT).caption for i in range(DEMO_PROMPTS)]
+    unsafe = _red_square_samples(world, is_not_safe)
     lines = prompts[:6] + [BAD_PROMPTS[0]] + prompts[6:10] + [BAD_PROMPTS[1]] + prompts[10:]
+    lines += [repeated_prompt(prompts[0]), unsafe[0].caption]
     (folder / "prompts.txt").write_text("\n".join(lines) + "\n")
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     for old in images.glob("*.png"):
         old.unlink()
-    for i in range(DEMO_IMAGES):
-        sample = world.sample(DEMO_START + DEMO_PROMPTS + i, DEMO_SPLIT)
+    samples = [world.sample(DEMO_START + DEMO_PROMPTS + i, DEMO_SPLIT) for i in range(DEMO_IMAGES)]
+    samples += [samples[0], unsafe[1]]  # the repeat: the same pixels under another name
+    for i, sample in enumerate(samples):
         Image.fromarray(sample.image).save(images / image_file_name(i, sample.scene))
+
+
+def repeated_prompt(prompt: str) -> str:
+    """The demo's repeated prompt: the first one in other case and spacing (the same after normalisation)."""
+    return "  " + prompt.upper().replace(" ", "  ")
+
+
+def _red_square_samples(world, is_not_safe) -> list:
+    """The first two val scenes past the demo's own that hold a red square (a prompt and an image)."""
+    found, index = [], DEMO_START + DEMO_PROMPTS + DEMO_IMAGES
+    while len(found) < 2:
+        sample = world.sample(index, DEMO_SPLIT)
+        if is_not_safe(sample.scene):
+            found.append(sample)
+        index += 1
+    return found
 
 
 def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
@@ -100,6 +124,7 @@ def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
         overrides = [f"output.uri={out / job}"]
         if model == "tiny":  # random models: no meaningful scores to filter on
             overrides += [f"model.checkpoint={checkpoint}", f"clip.model={clip}", "clip.min_score=-1.0"]
+            overrides += ["curation.heads=[]"]  # the shapes heads read the shapes CLIP's embeddings
         config = load_spec(SPECS / name, overrides)
         report = run_pipeline(config, progress=not quiet)
         s = report.summary

@@ -45,8 +45,40 @@ def _cell(text: str | None) -> str:
     return (text or "").replace("|", "\\|")
 
 
+def _model_of(annotation: object) -> tuple[type[BaseModel] | None, str]:
+    """The model a field holds (itself, in a list, or optional) and the key suffix of its items."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list and args:
+        model, _ = _model_of(args[0])
+        return model, "[]"
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) == 1 and type(None) in args:
+        return models[0], ""
+    return None, ""
+
+
+def _rows(prefix: str, model: type[BaseModel]) -> list[str]:
+    """The rows of ``model``'s fields under ``prefix``, nested sections (and lists of them) expanded."""
+    lines = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        nested, items = _model_of(field.annotation)
+        if nested is not None:
+            kind = f"list of {nested.__name__}" if items else "section"
+            meaning = field.description or (nested.__doc__ or "").strip().splitlines()[0]
+            lines.append(f"| `{key}` | {kind} | {_default(field)} | {_cell(meaning)} |")
+            lines += _rows(f"{key}{items}.", nested)
+            continue
+        kind = "see meaning" if field.annotation is Mode else _type_name(field.annotation)
+        lines.append(f"| `{key}` | {kind} | {_default(field)} | {_cell(field.description)} |")
+    return lines
+
+
 def spec_reference() -> str:
-    """One table per section of ``PipelineConfig``: key, type, default, meaning."""
+    """One table of ``PipelineConfig``'s keys (nested sections and list items expanded): key, type, default,
+    meaning."""
     lines = [START, "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     sections = []
     for name, field in PipelineConfig.model_fields.items():
@@ -61,9 +93,7 @@ def spec_reference() -> str:
         required = PipelineConfig.model_fields[section].is_required()
         lines.append(f"| **`{section}`** | section | {'**required**' if required else 'optional'} | "
                      f"{(model.__doc__ or '').strip().splitlines()[0]} |")  # fmt: skip
-        for name, field in model.model_fields.items():
-            kind = "see meaning" if field.annotation is Mode else _type_name(field.annotation)
-            lines.append(f"| `{section}.{name}` | {kind} | {_default(field)} | {_cell(field.description)} |")
+        lines += _rows(f"{section}.", model)
     return "\n".join([*lines, "", END])
 
 

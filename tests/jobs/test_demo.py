@@ -7,6 +7,7 @@ outputs must account for every input, and what was written must be right more of
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 import jobs.demo
 from jobs.demo import (
     BAD_PROMPTS,
+    DEMO_EXTRAS,
     DEMO_IMAGES,
     DEMO_INPUTS,
     DEMO_PROMPTS,
@@ -78,8 +80,15 @@ def test_demo_runs_the_real_pipeline_on_the_trained_model(tmp_path: Path):
     # text to image: every prompt accounted for, the bad ones as errors with their reason
     t2i = tmp_path / "t2i"
     written, rejected, errors = (_table(t2i / d) for d in ("parquet", "rejected", "errors"))
-    assert len(written) + len(rejected) + len(errors) == DEMO_PROMPTS + len(BAD_PROMPTS)
+    assert len(written) + len(rejected) + len(errors) == DEMO_PROMPTS + len(BAD_PROMPTS) + DEMO_EXTRAS
     assert len(errors) == len(BAD_PROMPTS) and all("empty prompt" in e["reason"] for e in errors)
+    reasons = [row["reason"] for row in rejected]
+    assert (
+        sum(re.fullmatch(r"duplicate of input \S+-000000000", reason) is not None for reason in reasons) == 1
+    ), reasons
+    red = [row for row in rejected if "red square" in row["prompt"]]
+    assert red and all("punsafe" in row["reason"] for row in red), "the red-square prompt's image is not safe"
+    assert all(row["punsafe"] <= 0.5 and row["aesthetic"] is not None for row in written)
     assert written, "the CLIP filter rejected everything"
     right = 0
     for row in written:
@@ -91,11 +100,20 @@ def test_demo_runs_the_real_pipeline_on_the_trained_model(tmp_path: Path):
     # captioning: every image captioned (or rejected with its score); broken.jpg and notes.csv are errors
     captions = tmp_path / "captions"
     written, rejected, errors = (_table(captions / d) for d in ("parquet", "rejected", "errors"))
-    assert len(written) + len(rejected) == DEMO_IMAGES
+    assert len(written) + len(rejected) == DEMO_IMAGES + DEMO_EXTRAS
+    by_name = {Path(row["source"]).name: row for row in rejected}
+    assert by_name["12-yellow-diamond-and-cyan-triangle-on-black.png"]["reason"].startswith(
+        "duplicate of input"
+    )
+    unsafe = by_name["13-purple-diamond-and-red-square-on-white.png"]
+    assert "punsafe" in unsafe["reason"] and unsafe["generated_caption"] is None, "rejected before captioning"
+    captioned = [row for row in written + rejected if row["text"]]
     assert sorted(Path(e["source"]).name for e in errors) == ["broken.jpg", "notes.csv"]
     right = sum(
         matches(parse_caption(row["text"]).pairs, pairs_from_file_name(Path(row["source"]).name))
-        for row in written + rejected
+        for row in captioned
     )
-    assert right / DEMO_IMAGES >= CAPTION_FLOOR, f"{right}/{DEMO_IMAGES} captions name the right objects"
+    assert right / len(captioned) >= CAPTION_FLOOR, (
+        f"{right}/{len(captioned)} captions name the right objects"
+    )
     assert (captions / "contact_sheet.png").is_file()
