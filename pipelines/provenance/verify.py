@@ -249,7 +249,7 @@ def check_image(item: ImageItem, job: JobContext, *, trust_anchors: bytes | None
         problems.append(f"its XMP cannot be read: {error}")
     row = item.row
     key = str(row[r.KEY]) if row is not None else (marks.record.key if marks and marks.record else None)
-    generated = _generated(row, marks)
+    generated = _generated(row)
     marked = marks is not None and marks.digital_source_type == TRAINED_ALGORITHMIC_MEDIA
     pixels, decoded = _pixels(item.data, row, problems)
     if not generated:
@@ -280,10 +280,11 @@ def _named(item: ImageItem, key: str | None, problems: list[str]) -> tuple[str, 
     return tuple(f"{where}: {p}" for p in problems)
 
 
-def _generated(row: Mapping[str, Any] | None, marks: ImageMarks | None) -> bool:
-    """Whether the model made the image: the row's ``synthetic`` (else its mode); a lone file: its marks."""
+def _generated(row: Mapping[str, Any] | None) -> bool:
+    """Whether the model made the image: the row's ``synthetic`` (else its mode). A lone file is checked as a
+    generated image: only its row can say that an image is an input (an unmarked file is a problem)."""
     if row is None:
-        return marks is not None and (marks.record is not None or marks.digital_source_type is not None)
+        return True
     synthetic = row.get(r.SYNTHETIC)
     if synthetic is not None:
         return "image" in list(synthetic)
