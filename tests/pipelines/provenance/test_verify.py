@@ -303,6 +303,7 @@ def signed_output(
     return out
 
 
+@pytest.mark.slow
 def test_a_watermarked_signed_job_verifies_against_its_root(
     signed_output: Path, pem_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -318,6 +319,7 @@ def test_a_watermarked_signed_job_verifies_against_its_root(
     assert all(i.watermark == "ok" and i.watermark_match == 1.0 for i in report.images)
 
 
+@pytest.mark.slow
 def test_a_missing_watermark_or_manifest_fails_naming_the_record(
     signed_output: Path, job_output: Path, tmp_path: Path, pem_files: dict[str, Path]
 ) -> None:
@@ -339,3 +341,24 @@ def test_a_missing_watermark_or_manifest_fails_naming_the_record(
     problems = verify(str(out), trust_anchors=pem_files["root"].read_bytes()).problems
     assert any(p.startswith(f"parquet/00000.parquet record {key!r}: watermark asked for, but the job's payload")
                for p in problems), problems  # fmt: skip
+
+
+def test_the_watermark_check_reads_the_units_payload(job_output: Path) -> None:
+    """Without a pipeline run (the fast check of the slow job above): the payload of the unit's fingerprint."""
+    from pipelines.dedup.phash import phash
+    from pipelines.provenance.watermark import embed_watermark, watermark_payload
+
+    row = _rows(job_output / "parquet" / "00000.parquet")[0]
+    record = read_marks(row[r.IMAGE]).record
+    photo = photo_like(256, 256, seed=5)
+    job = JobContext(watermark=True, fingerprint="job-fp", unit_fingerprints={0: "unit-fp"})
+    for pixels, unit, expected in (
+        (embed_watermark(photo, watermark_payload("unit-fp")), 0, "ok"),
+        (embed_watermark(photo, watermark_payload("job-fp")), 0, "problem"),  # the unit's marker decides
+        (embed_watermark(photo, watermark_payload("job-fp")), 7, "ok"),  # no marker: the summary's
+        (photo, 0, "problem"),
+    ):
+        data = mark_image(_png(pixels), "png", record)
+        check = check_image(ImageItem(data, "parquet/00000.parquet", row | {r.PHASH: phash(data)}, unit), job)
+        assert check.watermark == expected, (unit, check.problems)
+        assert check.ok == (expected == "ok")
