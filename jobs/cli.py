@@ -4,6 +4,7 @@ unidiffuser-batch validate jobs/specs/synthetic-t2i.yaml
 unidiffuser-batch run SPEC.yaml --set model.steps=25 --set output.uri=s3://bucket/out
 unidiffuser-batch submit SPEC.yaml --address http://HEAD:8265
 unidiffuser-batch inspect s3://bucket/out
+unidiffuser-batch verify s3://bucket/out --trust-anchors root.pem
 unidiffuser-batch demo
 """
 
@@ -156,6 +157,48 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipelines.provenance.verify import MAX_PROBLEMS_SHOWN, VerifyTargetError, verify
+    from unidiffuser.locations import describe_error
+
+    options = _storage_options(args)
+    anchors = _trust_anchors(args.trust_anchors, options) if args.trust_anchors else None
+    try:
+        report = verify(args.target, options, trust_anchors=anchors)
+    except VerifyTargetError as exc:
+        raise CommandError(f"verify: {exc}") from None
+    except Exception as exc:  # unreachable storage, refused credentials: one line naming the target
+        raise CommandError(f"verify: cannot read {redact(args.target)}: {describe_error(exc)}") from None
+    if args.json:
+        print(report.to_json())
+        return 0 if report.ok else 1
+    print(report.summary_line())
+    problems = report.problems
+    for problem in problems[:MAX_PROBLEMS_SHOWN]:
+        print(f"  - {problem}")
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        print(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems (--json lists them all)")
+    for note in report.not_checked:
+        print(f"  not checked: {note}")
+    return 0 if report.ok else 1
+
+
+def _trust_anchors(location: str, options: dict) -> bytes:
+    """The PEM trust anchors at ``location`` (local or any fsspec URI); CommandError when unreadable."""
+    from unidiffuser.locations import describe_error, open_location
+
+    try:
+        fs, path = open_location(location, options)
+        data: bytes = fs.cat_file(path)
+    except Exception as exc:
+        raise CommandError(
+            f"verify: cannot read the trust anchors {redact(location)}: {describe_error(exc)}"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise CommandError(f"verify: the trust anchors {redact(location)} hold no PEM certificate")
+    return data
+
+
 def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     """The spec's ``storage`` keys as options (``--endpoint-url``, ``--region``, ...), for commands that read
     an output without a spec."""
@@ -234,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet", help="where to write the contact sheet PNG (default: OUTPUT/contact_sheet.png)")
     _add_storage_arguments(p)
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser(
+        "verify",
+        help="check the provenance marks of an image, a shard or a job output (exit 1 on any problem)",
+        description="check that every generated image is marked as AI-generated, carries its own record and "
+        "its own pixels, and the watermark / C2PA manifest its job asked for; input images carry no mark",
+    )
+    p.add_argument("target", metavar="PATH_OR_URI", help="an image, a parquet or tar shard, or a job output")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--trust-anchors", metavar="PEM", help="root certificates C2PA manifests must chain to")
+    _add_storage_arguments(p)
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser(
         "demo", help="run the embedded demo: the trained shapes model, shipped inputs, local Ray on CPU"
     )
