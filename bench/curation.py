@@ -74,7 +74,8 @@ def records(world: ShapesWorld, split: str, start: int, count: int) -> tuple[pd.
     samples = [world.sample(i, split) for i in range(start, start + count)]
     captions = [s.caption for s in samples]
     batch = pd.DataFrame({
-        r.STATUS: [r.Status.OK.value] * count, r.OUT_PIXELS: [to_bytes(s.image) for s in samples],
+        r.STATUS: [r.Status.OK.value] * count, r.REASON: [None] * count,
+        r.OUT_PIXELS: [to_bytes(s.image) for s in samples],
         r.TEXT: captions, r.PROMPT: captions, r.PIXELS: [None] * count,
     })  # fmt: skip
     return batch, samples
@@ -97,6 +98,8 @@ def quality(stage: ClipScoreStage, heads: dict[str, ScoreHead], world: ShapesWor
             "not_safe_positives": int(unsafe.sum()),
             "not_safe_positive_rate_at_0.5": round(float((not_safe[~unsafe] > 0.5).mean()), 4),
             "not_safe_recall_at_0.5": round(float((not_safe[unsafe] > 0.5).mean()), 4),
+            "not_safe_positive_rate_at_0.3": round(float((not_safe[~unsafe] > 0.3).mean()), 4),
+            "not_safe_recall_at_0.3": round(float((not_safe[unsafe] > 0.3).mean()), 4),
         }
     return out
 

@@ -1,5 +1,6 @@
-"""The embedded demo: runs the shipped demo specs on local Ray (CPU) with the trained shapes model, then inspects
-their outputs (counts, reasons, CLIP-score histogram, contact sheet).
+"""The embedded demo: runs the shipped demo specs on local Ray (CPU) with the trained shapes model, inspects
+their outputs (counts, reasons, score histograms, contact sheet) and ends with ``verify``'s line for each (every
+generated image marked, its record equal to its row; the captioning job's input images unmarked).
 
 The default model is ``models/unidiffuser-shapes``: the small UniDiffuser family trained on the procedural
 shapes world (``python -m shapes.train``), committed with the repository; its ``clip/`` folder is the
@@ -113,6 +114,7 @@ def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
     from jobs.inspect_output import inspect_output
     from jobs.local_ray import connect
     from jobs.spec import load_spec
+    from pipelines.provenance.verify import verify
     from pipelines.run import run_pipeline
     from pipelines.writers.summary import outcome_line
 
@@ -130,5 +132,12 @@ def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
         s = report.summary
         print(f"\n== {config.name}: {outcome_line(s)}{'' if report.did_model_work else ' (already done: no model work)'}")  # fmt: skip
         print(inspect_output(str(out / job), samples=16)[0])
-    print(f"\nshards, rejects, errors and contact sheets are under {out}")
-    return 0
+    print(f"\nshards, rejects, errors, dataset cards and contact sheets are under {out}")
+    reports = {
+        job: verify(str(out / job)) for job in (Path(n).stem.removeprefix("demo-") for n in DEMO_SPECS)
+    }
+    for job, report in reports.items():
+        print(f"{job} {report.summary_line()}")
+        for problem in report.problems[:5]:
+            print(f"  {problem}")
+    return 0 if all(report.ok for report in reports.values()) else 1

@@ -76,6 +76,8 @@ def test_demo_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_demo_runs_the_real_pipeline_on_the_trained_model(tmp_path: Path):
     proc = cli("demo", "--out", str(tmp_path), "--quiet", timeout=900)
     assert "contact sheet" in proc.stdout
+    verified = [line for line in proc.stdout.splitlines() if " verify: " in line]
+    assert len(verified) == 2 and all(line.endswith(": OK") for line in verified), verified
 
     # text to image: every prompt accounted for, the bad ones as errors with their reason
     t2i = tmp_path / "t2i"
