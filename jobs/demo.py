@@ -17,7 +17,12 @@ model does on shape-colour pairs it never saw is measured by ``bench/quality.py`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shapes.world import Sample, Scene, ShapesWorld
 
 SPECS = Path(__file__).parent / "specs"
 DEMO_INPUTS = Path(__file__).parent / "demo"
@@ -98,9 +103,10 @@ def repeated_prompt(prompt: str) -> str:
     return "  " + prompt.upper().replace(" ", "  ")
 
 
-def _red_square_samples(world, is_not_safe) -> list:
+def _red_square_samples(world: ShapesWorld, is_not_safe: Callable[[Scene], bool]) -> list[Sample]:
     """The first two val scenes past the demo's own that hold a red square (a prompt and an image)."""
-    found, index = [], DEMO_START + DEMO_PROMPTS + DEMO_IMAGES
+    found: list[Sample] = []
+    index = DEMO_START + DEMO_PROMPTS + DEMO_IMAGES
     while len(found) < 2:
         sample = world.sample(index, DEMO_SPLIT)
         if is_not_safe(sample.scene):
@@ -133,11 +139,9 @@ def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
         print(f"\n== {config.name}: {outcome_line(s)}{'' if report.did_model_work else ' (already done: no model work)'}")  # fmt: skip
         print(inspect_output(str(out / job), samples=16)[0])
     print(f"\nshards, rejects, errors, dataset cards and contact sheets are under {out}")
-    reports = {
-        job: verify(str(out / job)) for job in (Path(n).stem.removeprefix("demo-") for n in DEMO_SPECS)
-    }
-    for job, report in reports.items():
-        print(f"{job} {report.summary_line()}")
-        for problem in report.problems[:5]:
+    checks = {job: verify(str(out / job)) for job in (Path(n).stem.removeprefix("demo-") for n in DEMO_SPECS)}
+    for job, check in checks.items():
+        print(f"{job} {check.summary_line()}")
+        for problem in check.problems[:5]:
             print(f"  {problem}")
-    return 0 if all(report.ok for report in reports.values()) else 1
+    return 0 if all(check.ok for check in checks.values()) else 1
