@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     connect(os.environ.get("RAY_ADDRESS"), log_to_driver=args.verbose)
     _fits(check_cluster_fits, config)
-    report = run_pipeline(config, progress=not args.quiet)
+    report = run_pipeline(config, progress=args.progress)
     s, output = report.summary, redact(config.output.uri)
     if not report.did_model_work:
         print(f"nothing to do: all {report.units_total} units of {output} were already committed")
@@ -225,7 +225,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import DemoModelMissing, run_demo
 
     try:
-        return run_demo(Path(args.out), model=args.model, quiet=args.quiet)
+        return run_demo(Path(args.out), model=args.model, quiet=not args.progress)
     except DemoModelMissing as exc:
         raise CommandError(str(exc)) from None
 
@@ -249,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = with_spec("run", "run a job on the local Ray or the one RAY_ADDRESS names (resumes committed units)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars (they show only at a terminal anyway)"
+    )
     p.set_defaults(func=cmd_run)
     p = with_spec("validate", "check a spec and that its inputs, checkpoint and output are reachable")
     p.add_argument(
@@ -303,9 +305,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_console(*, verbose: bool, quiet: bool) -> bool:
+    """Logging for a person at a terminal (progress bars, then the summary) or for a log file (cron, CI: one
+    line per committed unit, no per-tick progress); returns whether to show progress bars."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    interactive = sys.stderr.isatty()
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset plans and timings
+        logging.getLogger("ray.data._internal.progress").setLevel(
+            logging.ERROR
+        )  # "bars disabled": we chose so
+        # the local Ray this CLI starts is this machine's own: its token-auth notice is not news
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        if not interactive and not quiet:
+            logging.getLogger("pipelines.run").setLevel(logging.INFO)  # "unit 00003 committed: ..."
+    return interactive and not quiet
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    args.progress = configure_console(verbose=args.verbose, quiet=getattr(args, "quiet", False))
     try:
         return int(args.func(args) or 0)
     except CommandError as exc:
