@@ -36,8 +36,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.provenance.marking import mark_image, read_marks
-from pipelines.provenance.record import GenerationRecord
 from pipelines.provenance.watermark import (
     DETECTION_THRESHOLD,
     METHODS,
@@ -48,6 +46,8 @@ from pipelines.provenance.watermark import (
 )
 from shapes.photos import photo_like
 from shapes.world import ShapesWorld
+from unidiffuser.marks.marking import mark_image, read_marks
+from unidiffuser.marks.record import GenerationRecord
 
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 RECORD = GenerationRecord(

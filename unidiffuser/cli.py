@@ -8,16 +8,22 @@ unidiffuser-engine sample ./tiny --out ./samples            # every mode, a few 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from unidiffuser.checkpoint import checkpoint_identity
 from unidiffuser.config import EngineConfig, Mode
 from unidiffuser.convert import convert_checkpoint
 from unidiffuser.engine import UniDiffuserEngine
+from unidiffuser.marks.marking import mark_image
+from unidiffuser.marks.record import GenerationRecord
 from unidiffuser.results import Result
 from unidiffuser.tiny import CheckpointSizes, write_random_checkpoint, write_tiny_checkpoint
 
@@ -35,7 +41,8 @@ def _tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save(result: Result, folder: Path, name: str) -> dict:
+def _save(result: Result, folder: Path, name: str, marks: SampleMarks) -> dict:
+    """Write the record's images (each marked with its generation record) and return its report entry."""
     entry: dict = {"name": name, "error": result.error, "flags": result.flags, "text": result.text}
     images = ([result.image] if result.image is not None else []) + list(result.frames or [])
     for hop_index, hop in enumerate(result.hops or []):
@@ -45,9 +52,48 @@ def _save(result: Result, folder: Path, name: str) -> dict:
     entry["images"] = []
     for i, image in enumerate(images):
         path = folder / f"{name}-{i}.png"
-        Image.fromarray(image).save(path)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        path.write_bytes(mark_image(buffer.getvalue(), "png", marks.record(f"{name}-{i}")))
         entry["images"].append(path.name)
     return entry
+
+
+@dataclass(frozen=True)
+class SampleMarks:
+    """The generation record of one ``sample`` call's images (every image it writes is marked)."""
+
+    config: EngineConfig
+    checkpoint: str
+    version: str
+    mode: str
+    prompt: str | None
+    seed: int
+
+    def record(self, key: str) -> GenerationRecord:
+        return GenerationRecord(
+            software="unidiffuser-batch",
+            software_version=_version(),
+            model_id=self.checkpoint,
+            model_version=self.version,
+            mode=self.mode,
+            prompt=self.prompt,
+            seed=self.seed,
+            steps=self.config.steps,
+            guidance_scale=self.config.guidance_scale,
+            cfg_mode=self.config.t2i_cfg_mode,
+            data_type=self.config.data_type,
+            dtype=self.config.dtype,
+            job="unidiffuser-engine sample",
+            key=key,
+        )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("unidiffuser-batch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -60,6 +106,12 @@ def _sample(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (engine.resolution, engine.resolution, 3), dtype=np.uint8)
     other = np.ascontiguousarray(image[::-1])
+    version = checkpoint_identity(args.checkpoint)
+    prompts: dict[Mode, list[str | None]] = {
+        Mode.T2I: list(DEMO_PROMPTS),
+        Mode.T2I2T: [DEMO_PROMPTS[0]],
+        Mode.CHAIN: [None, DEMO_PROMPTS[0]],
+    }
     calls = {
         Mode.T2I: lambda: engine.t2i(DEMO_PROMPTS, seeds=[1, 2, 3]),
         Mode.I2T: lambda: engine.i2t([image, b"not an image"], seeds=[1, 2]),
@@ -72,10 +124,15 @@ def _sample(args: argparse.Namespace) -> int:
         Mode.INTERPOLATE: lambda: engine.interpolate([(image, other)], seeds=[1], frames=4),
     }
     selected = [Mode(m) for m in args.modes] if args.modes else list(calls)
-    report = {}
+    report: dict[str, list[dict]] = {}
     for mode in selected:
         results = calls[mode]()
-        report[mode.value] = [_save(r, out, f"{mode.value}-{i}") for i, r in enumerate(results)]
+        report[mode.value] = []
+        for i, result in enumerate(results):
+            seed = i + 1  # the seeds of ``calls``: 1, 2, ... per mode
+            prompt = prompts.get(mode, [None] * len(results))[i]
+            marks = SampleMarks(config, str(args.checkpoint), version, mode.value, prompt, seed)
+            report[mode.value].append(_save(result, out, f"{mode.value}-{i}", marks))
         ok = sum(r.ok for r in results)
         print(
             f"{mode.value:12s} {ok}/{len(results)} ok"

@@ -9,8 +9,9 @@ off by default) and a C2PA manifest signed with the user's own certificate (``c2
     data = mark_image(encode(pixels), "png", record)                         # always
     data = sign_image(data, "png", signer, record)                           # optional, signer = load_signer(...)
 
-Modules: ``record`` (GenerationRecord), ``xmp`` (the packet), ``containers`` (JPEG/PNG/WebP byte surgery),
-``marking`` (mark_image / read_marks), ``watermark``, ``c2pa_manifest``.
+The marks every image carries live with the engine (``unidiffuser.marks``: the record, the XMP packet, the
+container surgery, mark_image / read_marks; re-exported here). Modules of this package: ``watermark``,
+``c2pa_manifest``, ``job_marks`` (what a job's writers put in), ``verify`` and ``verify_targets``.
 """
 
 from pipelines.provenance.c2pa_manifest import (
@@ -21,8 +22,6 @@ from pipelines.provenance.c2pa_manifest import (
     sign_image,
     verify_manifest,
 )
-from pipelines.provenance.marking import ImageMarks, MarkingError, mark_image, read_marks
-from pipelines.provenance.record import GenerationRecord
 from pipelines.provenance.watermark import (
     WatermarkError,
     detect_watermark,
@@ -31,7 +30,9 @@ from pipelines.provenance.watermark import (
     watermark_match,
     watermark_payload,
 )
-from pipelines.provenance.xmp import TRAINED_ALGORITHMIC_MEDIA, xmp_packet
+from unidiffuser.marks.marking import ImageMarks, MarkingError, mark_image, read_marks
+from unidiffuser.marks.record import GenerationRecord
+from unidiffuser.marks.xmp import TRAINED_ALGORITHMIC_MEDIA, xmp_packet
 
 __all__ = [
     "TRAINED_ALGORITHMIC_MEDIA",

@@ -48,10 +48,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-from pipelines.provenance.containers import sniff_format
-from pipelines.provenance.marking import MarkingError
-from pipelines.provenance.record import GenerationRecord
-from pipelines.provenance.xmp import TRAINED_ALGORITHMIC_MEDIA
+from unidiffuser.marks.containers import sniff_format
+from unidiffuser.marks.marking import MarkingError
+from unidiffuser.marks.record import GenerationRecord
+from unidiffuser.marks.xmp import TRAINED_ALGORITHMIC_MEDIA
 
 GENERATION_ASSERTION = "dev.unidiffuser-batch.generation"
 _MIME_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}

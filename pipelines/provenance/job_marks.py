@@ -17,9 +17,9 @@ from typing import Any
 from pipelines import records as r
 from pipelines import storage
 from pipelines.provenance.c2pa_manifest import C2paSigner, SignerError, load_signer, sign_image
-from pipelines.provenance.marking import mark_image
-from pipelines.provenance.record import GenerationRecord
 from pipelines.provenance.spec import C2paSpec
+from unidiffuser.marks.marking import mark_image
+from unidiffuser.marks.record import GenerationRecord
 
 SOFTWARE = "unidiffuser-batch"
 

@@ -38,8 +38,6 @@ from PIL import Image, UnidentifiedImageError
 from pipelines import records as r
 from pipelines.dedup.phash import hamming, phash
 from pipelines.provenance.c2pa_manifest import ManifestCheck, verify_manifest
-from pipelines.provenance.marking import ImageMarks, read_marks
-from pipelines.provenance.record import GenerationRecord
 from pipelines.provenance.verify_targets import (
     ImageItem,
     JobContext,
@@ -60,9 +58,11 @@ from pipelines.provenance.watermark import (
     watermark_match,
     watermark_payload,
 )
-from pipelines.provenance.xmp import TRAINED_ALGORITHMIC_MEDIA
 from unidiffuser.config import Mode
 from unidiffuser.locations import redact
+from unidiffuser.marks.marking import ImageMarks, read_marks
+from unidiffuser.marks.record import GenerationRecord
+from unidiffuser.marks.xmp import TRAINED_ALGORITHMIC_MEDIA
 
 PHASH_TOLERANCE = 4
 """Bits in which an image's pHash may differ from its row's (a re-decode by another Pillow); replaced pixels

@@ -7,8 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from unidiffuser import Mode, UniDiffuserEngine
+from unidiffuser.checkpoint import checkpoint_identity
 from unidiffuser.cli import main
 from unidiffuser.codecs import cpu_conv_chunk
+from unidiffuser.marks.marking import read_marks
+from unidiffuser.marks.xmp import TRAINED_ALGORITHMIC_MEDIA
 from unidiffuser.tiny import CheckpointSizes, tiny_uvit_config, uvit_h_config, write_random_checkpoint
 
 
@@ -71,6 +74,17 @@ def test_engine_cli_writes_a_checkpoint_and_samples_every_mode(tmp_path: Path) -
     for entries in report.values():
         for entry in entries:
             assert all((out / name).is_file() for name in entry["images"])
+    # every image the engine made says so itself, with its own record
+    first = read_marks((out / report["t2i"][0]["images"][0]).read_bytes())
+    assert first.digital_source_type == TRAINED_ALGORITHMIC_MEDIA
+    assert (first.record.mode, first.record.prompt, first.record.seed) == (
+        "t2i",
+        "a red circle on a grey background",
+        1,
+    )
+    assert first.record.steps == 2 and first.record.model_version == checkpoint_identity(tmp_path / "tiny")
+    frames = [read_marks((out / name).read_bytes()) for name in report["interpolate"][0]["images"]]
+    assert all(m.record.mode == "interpolate" for m in frames)
 
 
 def test_cpu_conv_chunks_shrink_with_the_image() -> None:

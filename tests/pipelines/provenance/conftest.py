@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from PIL import Image
 
-from pipelines.provenance.record import GenerationRecord
 from shapes.photos import photo_like
+from unidiffuser.marks.record import GenerationRecord
 
 
 @pytest.fixture

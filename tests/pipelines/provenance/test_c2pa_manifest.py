@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pipelines.provenance.c2pa_manifest import SignerError, load_signer, sign_image, verify_manifest
-from pipelines.provenance.marking import MarkingError, mark_image, read_marks
-from pipelines.provenance.record import GenerationRecord
-from pipelines.provenance.xmp import TRAINED_ALGORITHMIC_MEDIA
+from unidiffuser.marks.marking import MarkingError, mark_image, read_marks
+from unidiffuser.marks.record import GenerationRecord
+from unidiffuser.marks.xmp import TRAINED_ALGORITHMIC_MEDIA
 
 FORMATS = [
     ("jpg", "JPEG", {}),

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.provenance.containers import JPEG_XMP_PACKET_MAX
-from pipelines.provenance.marking import MarkingError, mark_image, read_marks
-from pipelines.provenance.record import GenerationRecord
-from pipelines.provenance.xmp import TRAINED_ALGORITHMIC_MEDIA, UDB_NAMESPACE, parse_xmp, xmp_packet
+from unidiffuser.marks.containers import JPEG_XMP_PACKET_MAX
+from unidiffuser.marks.marking import MarkingError, mark_image, read_marks
+from unidiffuser.marks.record import GenerationRecord
+from unidiffuser.marks.xmp import TRAINED_ALGORITHMIC_MEDIA, UDB_NAMESPACE, parse_xmp, xmp_packet
 
 requires_exiftool = pytest.mark.skipif(
     shutil.which("exiftool") is None,

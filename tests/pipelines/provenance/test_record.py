@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipelines.provenance.record import GenerationRecord
+from unidiffuser.marks.record import GenerationRecord
 
 
 def test_json_round_trip_keeps_every_field(record: GenerationRecord) -> None:

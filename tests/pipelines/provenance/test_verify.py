@@ -20,13 +20,13 @@ from PIL import Image
 from jobs.cli import main
 from pipelines import records as r
 from pipelines.config import PipelineConfig
-from pipelines.provenance.marking import mark_image, read_marks
 from pipelines.provenance.verify import check_image, verify
 from pipelines.provenance.verify_targets import ImageItem, JobContext
 from pipelines.run import run_pipeline
 from pipelines.stages.generate import GenerateStage
 from shapes.photos import photo_like
 from unidiffuser import Result
+from unidiffuser.marks.marking import mark_image, read_marks
 from unidiffuser.tiny import write_tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_local")

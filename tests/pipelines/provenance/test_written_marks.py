@@ -19,9 +19,9 @@ from test_writers import unit_frame
 
 from pipelines import records as r
 from pipelines.provenance.job_marks import JobMarks
-from pipelines.provenance.marking import read_marks
-from pipelines.provenance.xmp import TRAINED_ALGORITHMIC_MEDIA
 from pipelines.writers.unit_writer import OutputSpec, write_unit
+from unidiffuser.marks.marking import read_marks
+from unidiffuser.marks.xmp import TRAINED_ALGORITHMIC_MEDIA
 
 MARKS = JobMarks(
     job="marks-test",

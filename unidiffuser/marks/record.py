@@ -2,7 +2,7 @@
 prompt, seed, sampler settings), and which job and record it belongs to.
 
 One frozen value, three renderings: JSON (``to_json`` / ``from_json``, lossless), the XMP properties of
-``pipelines.provenance.xmp`` and the one-paragraph ``parameters`` text other generators (AUTOMATIC1111's web UI
+``unidiffuser.marks.xmp`` and the one-paragraph ``parameters`` text other generators (AUTOMATIC1111's web UI
 and the tools that read it) put in a PNG::
 
     record = GenerationRecord(software="unidiffuser-batch", software_version="0.1.0",

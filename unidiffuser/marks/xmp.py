@@ -17,7 +17,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from pipelines.provenance.record import GenerationRecord
+from unidiffuser.marks.record import GenerationRecord
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 UDB_NAMESPACE = "https://unidiffuser-batch.dev/ns/1.0/"

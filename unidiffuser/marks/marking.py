@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.provenance import containers
-from pipelines.provenance.record import GenerationRecord
-from pipelines.provenance.xmp import parse_xmp, xml_safe, xmp_packet
+from unidiffuser.marks import containers
+from unidiffuser.marks.record import GenerationRecord
+from unidiffuser.marks.xmp import parse_xmp, xml_safe, xmp_packet
 
 PNG_PARAMETERS_KEYWORD = "parameters"
 _FORMATS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
