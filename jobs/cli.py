@@ -193,6 +193,7 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
             args.key,
             checkpoint=args.checkpoint,
             device=args.device,
+            threads=args.threads,
             storage_options=_storage_options(args),
         )
     except (CannotRegenerate, RecordLookupError) as exc:
@@ -220,6 +221,11 @@ def _regenerate_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="bitwise on cpu, within a tolerance else"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads on CPU (default: the job's engine actors', floor(resources.cpus_per_actor))",
     )
     p.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
     p.add_argument("--save", metavar="PATH", help="write the regenerated image (or caption) to PATH")

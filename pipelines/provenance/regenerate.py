@@ -24,7 +24,11 @@ image: regenerating them needs the input corpus at the spec's ``input.uri``, whi
 (blocklist, exact duplicate).
 
 Tolerance: a job that ran on CPU in float32, regenerated on CPU, is reproduced bitwise: the decoded images are
-equal in every pixel and the captions are equal. Anything else (a GPU on either side, a float16 / bfloat16 job)
+equal in every pixel and the captions are equal. On CPU the result also depends on torch's number of intra-op
+threads (a matrix product splits its sums by thread), which no output records: the engine actors ran with Ray's
+default, ``OMP_NUM_THREADS`` = ``floor(resources.cpus_per_actor)`` (at least 1), so that is what regenerate uses
+unless told otherwise (``threads``); an actor environment that set ``OMP_NUM_THREADS`` itself needs it passed.
+Bitwise also assumes the same CPU kind (oneDNN / MKL pick kernels by instruction set). Anything else (a GPU on either side, a float16 / bfloat16 job)
 is equal within ``PIXEL_TOLERANCE``: every channel of every decoded pixel within 2 levels (of 255), and the
 captions equal. That bound is stated, not measured: kernels differ between devices, and the difference grows
 with the number of sampling steps.
@@ -32,13 +36,16 @@ with the number of sampling steps.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from pydantic import ValidationError
 
@@ -73,6 +80,7 @@ class Regeneration:
     mode: str
     seed: int
     device: str  # where it was regenerated
+    threads: int  # torch's intra-op threads it was regenerated with
     tolerance: int  # largest pixel difference that still counts as equal (0: bitwise)
     width: int | None  # of the regenerated image (None: the mode makes none)
     height: int | None
@@ -151,6 +159,7 @@ class _Recipe:
     output: OutputSpec
     watermark: tuple[bytes, str] | None  # (payload, method)
     exact: bool  # the job ran on CPU in float32
+    threads: int  # the intra-op threads of the job's engine actors on CPU (Ray's default for their CPUs)
 
 
 def regenerate(
@@ -159,15 +168,18 @@ def regenerate(
     *,
     checkpoint: str | None = None,
     device: str = "cpu",
+    threads: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Regeneration:
     """Regenerate record ``key`` of the finished job at ``output_uri`` on ``device`` and compare it.
 
     ``checkpoint`` (a folder or URI) replaces the spec's checkpoint location; either way its identity must be
     the record's. ``RecordLookupError`` for an unknown key, ``CannotRegenerate`` for a record that cannot be
-    regenerated (see the module doc)."""
+    regenerated (see the module doc). ``threads``: torch's intra-op threads (default: the job's actors')."""
     stored = find_record(output_uri, key, storage_options)
-    return regenerate_record(stored, checkpoint=checkpoint, device=device, storage_options=storage_options)
+    return regenerate_record(
+        stored, checkpoint=checkpoint, device=device, threads=threads, storage_options=storage_options
+    )
 
 
 def regenerate_record(
@@ -175,6 +187,7 @@ def regenerate_record(
     *,
     checkpoint: str | None = None,
     device: str = "cpu",
+    threads: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Regeneration:
     """``regenerate`` for a record already found (``find_record``)."""
@@ -182,7 +195,9 @@ def regenerate_record(
     _check_regenerable(stored, recipe)
     options = dict(storage_options or {})
     engine = _engine(checkpoint or recipe.model.checkpoint, stored.key, recipe, device, options)
-    result = engine.run(_inputs(stored, recipe, engine.resolution), [recipe.seed], mode=recipe.mode)[0]
+    threads = threads or recipe.threads
+    with _torch_threads(threads):
+        result = engine.run(_inputs(stored, recipe, engine.resolution), [recipe.seed], mode=recipe.mode)[0]
     if not result.ok:
         raise CannotRegenerate(f"record {stored.key!r}: the engine failed on it: {result.error}")
     if recipe.mode.input == ModeInput.TEXT and result.prompt_used != stored.row.get(r.PROMPT_USED):
@@ -199,6 +214,7 @@ def regenerate_record(
         mode=recipe.mode.value,
         seed=recipe.seed,
         device=device,
+        threads=threads,
         tolerance=0 if recipe.exact and device == "cpu" else PIXEL_TOLERANCE,
         width=width,
         height=height,
@@ -242,8 +258,11 @@ def _recipe(stored: StoredRecord) -> tuple[_Recipe, list[str]]:
                 f"record {key!r}: the job watermarks its images but its summary has no fingerprint"
             )
         watermark = (watermark_payload(str(fingerprint)), provenance.watermark_method)
-    on_cpu = not float((config.get("resources") or {}).get("gpus_per_actor") or 0) > 0
-    recipe = _Recipe(mode, seed, model, version, output, watermark, on_cpu and model.dtype == "float32")
+    resources = config.get("resources") or {}
+    on_cpu = not float(resources.get("gpus_per_actor") or 0) > 0
+    threads = max(math.floor(float(resources.get("cpus_per_actor") or 1)), 1)
+    exact = on_cpu and model.dtype == "float32"
+    recipe = _Recipe(mode, seed, model, version, output, watermark, exact, threads)
     if stored.marks is not None or mode.makes_image:
         disagreements += _marks_disagreements(stored, recipe)
     return recipe, disagreements
@@ -381,6 +400,17 @@ def _inputs(stored: StoredRecord, recipe: _Recipe, resolution: int) -> list[Any]
         return [prepare_image(data, resolution, max_pixels=recipe.model.max_image_pixels).pixels]
     except InputError as error:
         raise CannotRegenerate(f"record {key!r}: its kept input image cannot be prepared: {error}") from None
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the block, and restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- what it makes, and the comparison --------------------------------------------------------------------------

@@ -90,7 +90,10 @@ def key_of(out: Path, folder: str, prompt: str) -> str:
 
 def test_written_records_of_both_units_are_regenerated_bitwise(t2i_output: Path, capsys) -> None:
     written = rows(t2i_output, "parquet")
-    first, second = key_of(t2i_output, "parquet", "a red circle"), key_of(t2i_output, "parquet", "a yellow ring")
+    first, second = (
+        key_of(t2i_output, "parquet", "a red circle"),
+        key_of(t2i_output, "parquet", "a yellow ring"),
+    )
     assert written[first]["image_format"] == "jpg"
     for key in (first, second):
         assert main(["regenerate", str(t2i_output), key]) == 0
@@ -105,6 +108,7 @@ def test_a_rejected_record_is_regenerated_bitwise(t2i_output: Path, capsys) -> N
     assert "keep_best" in rejected[key]["reason"] or "best" in rejected[key]["reason"]
     assert main(["regenerate", str(t2i_output), key, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["threads"] == 1, "the job's engine actors had 0.5 CPUs: Ray gave them one thread"
     assert (result["bitwise"], result["outcome"], result["max_abs_diff"], result["differing_pixels"]) == (
         True,
         "rejected",
@@ -130,7 +134,10 @@ def test_a_tampered_seed_is_not_equal(t2i_output: Path, tmp_path: Path, capsys) 
     key = key_of(copy, "parquet", "a blue square")
     shard = next(f for f in sorted((copy / "parquet").glob("*.parquet")) if key in rows_of(f))
     table = pq.read_table(shard)
-    seeds = [s + 1 if k == key else s for k, s in zip(table["key"].to_pylist(), table["seed"].to_pylist())]
+    seeds = [
+        s + 1 if k == key else s
+        for k, s in zip(table["key"].to_pylist(), table["seed"].to_pylist(), strict=True)
+    ]
     pq.write_table(table.set_column(table.schema.get_field_index("seed"), "seed", [seeds]), shard)
     assert main(["regenerate", str(copy), key]) == 1
     line = capsys.readouterr().out.strip()
@@ -181,7 +188,10 @@ def test_a_joint_record_regenerates_its_image_and_caption(joint_output: Path) ->
     assert (result.width, result.height) == (64, 64)
 
 
-@pytest.mark.skipif(not (SHAPES_CHECKPOINT / "model_index.json").exists(), reason="demo model not checked out")
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (SHAPES_CHECKPOINT / "model_index.json").exists(), reason="demo model not checked out"
+)
 def test_a_demo_record_is_regenerated_bitwise(tmp_path: Path) -> None:
     """The demo's real model (``models/unidiffuser-shapes``) with the demo's t2i settings, on two prompts."""
     prompts = tmp_path / "prompts.txt"
@@ -190,7 +200,12 @@ def test_a_demo_record_is_regenerated_bitwise(tmp_path: Path) -> None:
         {
             "name": "demo-t2i",
             "input": {"kind": "prompts", "uri": str(prompts)},
-            "model": {"checkpoint": str(SHAPES_CHECKPOINT), "mode": "t2i", "steps": 25, "guidance_scale": 3.0},
+            "model": {
+                "checkpoint": str(SHAPES_CHECKPOINT),
+                "mode": "t2i",
+                "steps": 25,
+                "guidance_scale": 3.0,
+            },
             "output": {"uri": str(tmp_path / "out"), "formats": ["parquet"], "image_format": "png"},
             "resources": RESOURCES | {"batch_size": 2},
         }
