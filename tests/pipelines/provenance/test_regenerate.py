@@ -20,6 +20,7 @@ from pipelines.config import PipelineConfig
 from pipelines.provenance.regenerate import PIXEL_TOLERANCE, regenerate
 from pipelines.provenance.stored_record import find_record
 from pipelines.run import run_pipeline
+from shapes.photos import photo_like
 from unidiffuser.checkpoint import checkpoint_identity
 from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
 
@@ -156,6 +157,7 @@ def test_a_checkpoint_of_another_identity_is_refused(
 ) -> None:
     other = write_tiny_checkpoint(tmp_path / "other", version=1, seed=1)
     key = key_of(t2i_output, "parquet", "a red circle")
+    capsys.readouterr()  # the writer's progress bars
     assert main(["regenerate", str(t2i_output), key, "--checkpoint", str(other)]) == 2
     message = capsys.readouterr().err
     made_with, found = checkpoint_identity(models[0]), checkpoint_identity(other)
@@ -186,6 +188,32 @@ def test_a_joint_record_regenerates_its_image_and_caption(joint_output: Path) ->
     assert result.bitwise, result.describe()
     assert result.caption == written[key]["generated_caption"] == result.regenerated_caption
     assert (result.width, result.height) == (64, 64)
+
+
+def test_an_i2t_caption_is_regenerated_from_the_kept_input_image(
+    models: tuple[str, str], tmp_path: Path
+) -> None:
+    """Captioning: the input file is kept in the output (caption_image: source), so the caption made from it in a
+    batch of 2 is remade from the output alone; an input of another size is resized as preprocess does."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, (height, width) in enumerate([(72, 96), (64, 64)]):
+        Image.fromarray(photo_like(height, width, seed=i)).save(images / f"{i}.png")
+    config = PipelineConfig.model_validate(
+        {
+            "input": {"kind": "images", "uri": str(images)},
+            "model": {"checkpoint": models[0], "mode": "i2t", "steps": 2, "caption_max_tokens": 8},
+            "output": {"uri": str(tmp_path / "out"), "formats": ["parquet"]},
+            "resources": RESOURCES | {"batch_size": 2},
+        }
+    )
+    run_pipeline(config, progress=False)
+    written = rows(tmp_path / "out", "parquet")
+    assert len(written) == 2
+    for key, row in written.items():
+        result = regenerate(str(tmp_path / "out"), key)
+        assert result.equal and result.max_abs_diff is None, result.describe()
+        assert result.regenerated_caption == row["generated_caption"] is not None
 
 
 @pytest.mark.slow
