@@ -5,6 +5,7 @@ unidiffuser-batch run SPEC.yaml --set model.steps=25 --set output.uri=s3://bucke
 unidiffuser-batch submit SPEC.yaml --address http://HEAD:8265
 unidiffuser-batch inspect s3://bucket/out
 unidiffuser-batch verify s3://bucket/out --trust-anchors root.pem
+unidiffuser-batch regenerate s3://bucket/out KEY
 unidiffuser-batch demo
 """
 
@@ -221,6 +222,60 @@ def _storage_options(args: argparse.Namespace) -> dict:
     return StorageSpec(**values).storage_options()
 
 
+def cmd_regenerate(args: argparse.Namespace) -> int:
+    """Regenerate one record and compare: exit 0 when equal (bitwise, or within the GPU tolerance), 1 when not."""
+    import json
+
+    from pipelines.provenance.regenerate import CannotRegenerate, regenerate
+    from pipelines.provenance.stored_record import RecordLookupError
+    from unidiffuser.locations import describe_error
+
+    try:
+        result = regenerate(
+            args.output,
+            args.key,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            threads=args.threads,
+            storage_options=_storage_options(args),
+        )
+    except (CannotRegenerate, RecordLookupError) as exc:
+        raise CommandError(f"regenerate {args.key}: {exc}") from None
+    except Exception as exc:  # unreachable storage, refused credentials: one line naming the output
+        raise CommandError(
+            f"cannot regenerate {args.key} of {redact(args.output)}: {describe_error(exc)}"
+        ) from None
+    if args.save:
+        data = result.image if result.image is not None else (result.regenerated_caption or "").encode()
+        Path(args.save).write_bytes(data)
+    print(json.dumps(result.to_dict(), sort_keys=True) if args.json else result.describe())
+    return 0 if result.equal else 1
+
+
+def _regenerate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "regenerate",
+        help="regenerate one record from its row, marks and the job's summary, and compare it with the output",
+    )
+    p.add_argument("output", help="output folder or URI of a finished job")
+    p.add_argument("key", help="the record's key")
+    p.add_argument(
+        "--checkpoint", help="the checkpoint folder or URI (default: the spec's); checked by identity"
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="bitwise on cpu, within a tolerance else"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads on CPU (default: the job's engine actors', floor(resources.cpus_per_actor))",
+    )
+    p.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+    p.add_argument("--save", metavar="PATH", help="write the regenerated image (or caption) to PATH")
+    _add_storage_arguments(p)
+    p.set_defaults(func=cmd_regenerate)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import DemoModelMissing, run_demo
 
@@ -279,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet", help="where to write the contact sheet PNG (default: OUTPUT/contact_sheet.png)")
     _add_storage_arguments(p)
     p.set_defaults(func=cmd_inspect)
+    _regenerate_parser(sub)
     p = sub.add_parser(
         "verify",
         help="check the provenance marks of an image, a shard or a job output (exit 1 on any problem)",
