@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -253,6 +254,12 @@ class ResourcesSpec(Strict):
     def gpus_needed(self, *, judges: int) -> float:
         """GPUs the pipeline's actors hold."""
         return self.actors * self.gpus_per_actor + judges * self.clip_actors * self.clip_gpus_per_actor
+
+    @property
+    def engine_threads(self) -> int:
+        """torch's intra-op threads in each engine actor on CPU: its whole CPUs, at least 1. Set explicitly (not
+        left to the environment): on CPU a record's output depends on it, and the summary records it."""
+        return max(1, math.floor(self.cpus_per_actor))
 
 
 class PipelineConfig(Strict):

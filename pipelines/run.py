@@ -266,6 +266,7 @@ def run_pipeline(
             "name": config.name,
             "fingerprint": plan.fingerprint,
             "model_versions": dataclasses.asdict(plan.versions),  # identities of what the actors loaded
+            "engine_threads": config.resources.engine_threads if config.device == "cpu" else None,
         },
     )
     write_dataset_card(config, summary, options)

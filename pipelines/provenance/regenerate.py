@@ -25,9 +25,10 @@ image: regenerating them needs the input corpus at the spec's ``input.uri``, whi
 
 Tolerance: a job that ran on CPU in float32, regenerated on CPU, is reproduced bitwise: the decoded images are
 equal in every pixel and the captions are equal. On CPU the result also depends on torch's number of intra-op
-threads (a matrix product splits its sums by thread), which no output records: the engine actors ran with Ray's
-default, ``OMP_NUM_THREADS`` = ``floor(resources.cpus_per_actor)`` (at least 1), so that is what regenerate uses
-unless told otherwise (``threads``); an actor environment that set ``OMP_NUM_THREADS`` itself needs it passed.
+threads (a matrix product splits its sums by thread): the engine actors set it to
+``resources.engine_threads`` (``floor(cpus_per_actor)``, at least 1) and the summary records it
+(``engine_threads``), so that is what regenerate uses unless told otherwise (``threads``; a summary written
+before it was recorded falls back to the same formula).
 Bitwise also assumes the same CPU kind (oneDNN / MKL pick kernels by instruction set). Anything else (a GPU on either side, a float16 / bfloat16 job)
 is equal within ``PIXEL_TOLERANCE``: every channel of every decoded pixel within 2 levels (of 255), and the
 captions equal. That bound is stated, not measured: kernels differ between devices, and the difference grows
@@ -260,7 +261,9 @@ def _recipe(stored: StoredRecord) -> tuple[_Recipe, list[str]]:
         watermark = (watermark_payload(str(fingerprint)), provenance.watermark_method)
     resources = config.get("resources") or {}
     on_cpu = not float(resources.get("gpus_per_actor") or 0) > 0
-    threads = max(math.floor(float(resources.get("cpus_per_actor") or 1)), 1)
+    threads = stored.summary.get("engine_threads") or max(
+        math.floor(float(resources.get("cpus_per_actor") or 1)), 1
+    )
     exact = on_cpu and model.dtype == "float32"
     recipe = _Recipe(mode, seed, model, version, output, watermark, exact, threads)
     if stored.marks is not None or mode.makes_image:

@@ -11,6 +11,7 @@ import json
 import logging
 
 import pandas as pd
+import torch
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
@@ -27,6 +28,8 @@ class GenerateStage:
     def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
         """``checkpoint_identity`` pins the checkpoint version the job was planned with."""
         self.config = config
+        if config.device == "cpu":
+            torch.set_num_threads(config.resources.engine_threads)  # a CPU record's output depends on it
         engine_config = EngineConfig.build(
             **config.model.sampling_values(), device=config.device, batch_size=config.resources.batch_size
         )
