@@ -1,5 +1,6 @@
 """Summaries of a finished output: counts, reasons, a histogram of every score, and contact sheets (written
-samples, and the records each score head rejected), read through the same storage options as ``run``."""
+samples, the records each score head rejected, and a few near-duplicate groups: the kept record first), read
+through the same storage options as ``run``."""
 
 from __future__ import annotations
 
@@ -108,6 +109,62 @@ def contact_sheet(samples: Sequence[Mapping[str, Any]], label: str = r.CLIP_SCOR
     return sheet
 
 
+DUPLICATE_GROUPS = 4
+
+
+def duplicate_groups(
+    output_uri: str, groups: int = DUPLICATE_GROUPS, storage_options: Mapping[str, Any] | None = None
+) -> list[list[dict[str, Any]]]:
+    """Up to ``groups`` near-duplicate groups of the dedup phase (``dedup/removals.parquet``): the kept record,
+    then the records removed as its duplicates (at most a sheet row). Reads only the units they sit in."""
+    fs, root = _fs(output_uri, storage_options)
+    manifest = f"{root}/dedup/removals.parquet"
+    if not fs.exists(manifest):
+        return []
+    with fs.open(manifest, "rb") as f:
+        removals = [m for m in pq.read_table(f).to_pylist() if m.get("kept_key")]
+    by_kept: dict[str, list[dict[str, Any]]] = {}
+    for removal in removals:
+        if len(by_kept) < groups or removal["kept_key"] in by_kept:
+            by_kept.setdefault(removal["kept_key"], []).append(removal)
+    columns = [r.KEY, r.IMAGE, r.TEXT, r.REASON, r.CLIP_SCORE]
+    rows: dict[str, dict[str, Any]] = {}
+    for unit in sorted({m["unit"] for group in by_kept.values() for m in group}):
+        for folder in ("rejected", "parquet"):
+            rows |= {
+                row[r.KEY]: row for row in _unit_rows(fs, f"{root}/{folder}/{unit:05d}.parquet", columns)
+            }
+    missing = [key for key in by_kept if key not in rows]
+    for path in sorted(fs.glob(f"{root}/parquet/*.parquet")) if missing else []:  # kept records elsewhere
+        rows |= {row[r.KEY]: row for row in _unit_rows(fs, path, columns) if row[r.KEY] in by_kept}
+        if all(key in rows for key in by_kept):
+            break
+    return [
+        [rows[kept], *(rows[m["key"]] for m in group if m["key"] in rows)][:COLUMNS]
+        for kept, group in by_kept.items()
+        if kept in rows
+    ]
+
+
+def _unit_rows(fs: Any, path: str, columns: Sequence[str]) -> list[dict[str, Any]]:
+    if not fs.exists(path):
+        return []
+    with fs.open(path, "rb") as f:
+        file = pq.ParquetFile(f)
+        return file.read(columns=[c for c in columns if c in file.schema_arrow.names]).to_pylist()
+
+
+def duplicate_sheet(groups: Sequence[Sequence[Mapping[str, Any]]]) -> Image.Image:
+    """One row of tiles per group, the kept record first."""
+    rows = [contact_sheet(group) for group in groups]
+    sheet = Image.new("RGB", (COLUMNS * TILE, sum(row.height for row in rows)), "white")
+    y = 0
+    for row in rows:
+        sheet.paste(row, (0, y))
+        y += row.height
+    return sheet
+
+
 def _save(image: Image.Image, fs: Any, target: str, local: bool) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -158,4 +215,10 @@ def inspect_output(
             target = str(base / f"rejected_{column}.png") if base else f"{root}/rejected_{column}.png"
             _save(contact_sheet(by_head[:samples], label=column), fs, target, local=base is not None)
             lines.append(f"rejected by {column}: {len(by_head)} shown in {target}")
+    groups = duplicate_groups(output_uri, storage_options=storage_options)
+    if groups:
+        base = Path(sheet_path).parent if sheet_path else None
+        target = str(base / "duplicates.png") if base else f"{root}/duplicates.png"
+        _save(duplicate_sheet(groups), fs, target, local=base is not None)
+        lines.append(f"near-duplicate groups: {len(groups)} shown in {target} (the kept record first)")
     return "\n".join(lines), written_sheet

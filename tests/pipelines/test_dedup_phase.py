@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from jobs.inspect_output import duplicate_groups, inspect_output
 from jobs.validate import preflight
 from pipelines.config import PipelineConfig
 from pipelines.run import run_pipeline
@@ -151,6 +152,15 @@ def test_near_duplicates_across_units_are_rejected_idempotently_and_incrementall
     assert sorted((m["key"], m["kept_key"]) for m in manifest) == sorted(
         (k, re.match(r"near-duplicate of (\S+)", r["reason"]).group(1)) for k, r in rejected.items()
     )
+
+    groups = duplicate_groups(str(out))  # what inspect shows: each group with its kept record first
+    assert sorted(g[0]["key"] for g in groups) == sorted({m["kept_key"] for m in manifest})
+    assert all(g[0]["key"] in written and all(d["key"] in rejected for d in g[1:]) for g in groups)
+    report_text, _ = inspect_output(str(out))
+    assert "near-duplicate groups: 2 shown in" in report_text and (out / "duplicates.png").is_file()
+    (out / "duplicates.png").unlink()
+    for sheet in out.glob("*.png"):
+        sheet.unlink()
 
     before = tree(out)  # a second run over the same output changes nothing
     again = run_pipeline(config, generate_cls=planted_stage(), progress=False)
