@@ -143,3 +143,15 @@ def remove_file(fs: AbstractFileSystem, path: str) -> None:
     """Delete ``path`` if it exists."""
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(path)
+
+
+def write_bytes_if_changed(fs: AbstractFileSystem, path: str, data: bytes) -> bool:
+    """``write_bytes`` unless ``path`` already holds exactly ``data`` (a re-run that changes nothing leaves its
+    files as they were); returns whether it wrote."""
+    try:
+        if read_bytes(fs, path) == data:
+            return False
+    except FileNotFoundError:
+        pass
+    write_bytes(fs, path, data)
+    return True

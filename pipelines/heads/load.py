@@ -15,7 +15,7 @@ from pipelines.heads.laion import load_laion_head
 from pipelines.heads.mlp import load_mlp_head
 from pipelines.heads.spec import HeadSpec
 from unidiffuser import CheckpointError, resolve_checkpoint
-from unidiffuser.checkpoint import checkpoint_identity
+from unidiffuser.checkpoint import CheckpointChangedError, checkpoint_identity
 
 
 def head_identity(spec: HeadSpec, storage_options: dict[str, Any] | None = None) -> str:
@@ -43,7 +43,7 @@ def load_head(
         folder = resolve_checkpoint(
             spec.uri, storage_options=storage_options, identity=identity, cache_dir=cache_dir
         )
-    except CheckpointError as exc:
+    except (CheckpointError, CheckpointChangedError) as exc:
         raise HeadError(f"head {spec.name!r}: {exc}") from exc
     if spec.kind == "mlp":
         return load_mlp_head(folder, name=spec.name, identity=identity, device=device)

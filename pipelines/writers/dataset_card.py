@@ -212,5 +212,5 @@ def write_dataset_card(
     columns = [r.CLIP_SCORE, *(h.column or h.name for h in config.curation.heads)]
     text = render_card(config, summary, score_histograms(config.output.uri, columns, storage_options))
     fs, root = storage.open_filesystem(config.output.uri, storage_options)
-    storage.write_bytes(fs, storage.join(root, CARD_FILE), text.encode("utf-8"))
+    storage.write_bytes_if_changed(fs, storage.join(root, CARD_FILE), text.encode("utf-8"))
     return text

@@ -63,7 +63,7 @@ def write_wids_index(output_uri: str, storage_options: Mapping[str, Any] | None 
         "shardlist": shardlist,
     }
     path = storage.join(root, WIDS_INDEX_FILE)
-    storage.write_bytes(fs, path, json.dumps(index, indent=1).encode())
+    storage.write_bytes_if_changed(fs, path, json.dumps(index, indent=1).encode())
     return storage.to_uri(fs, path)
 
 

@@ -122,7 +122,7 @@ def test_inspect_prints_counts_and_writes_a_contact_sheet(prompt_spec, tmp_path:
     sheet = tmp_path / "sheet.png"
     report = cli("inspect", str(tmp_path / "out"), "--sheet", str(sheet)).stdout
     assert "records  3 inputs -> 2 written, 0 rejected, 1 errored" in report
-    assert "input: empty prompt" in report and "clip score histogram" in report
+    assert "input: empty prompt" in report and "clip_score histogram" in report
     with Image.open(sheet) as image:
         assert image.size[0] > 0 and image.mode == "RGB"
 
