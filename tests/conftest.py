@@ -16,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# a loaded CI machine can take longer than Ray's 10 s default for a raylet to register with its GCS
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 
 
 def _free_port() -> int:

@@ -162,7 +162,8 @@ def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     checkpoint = write_tiny_checkpoint(work / "unidiffuser", version=1)
     (work / "prompts.txt").write_text("\n".join(f"cluster prompt {i}" for i in range(N_PROMPTS)) + "\n")
     ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live under it
-    env = os.environ | {"RAY_TMPDIR": ray_tmp}
+    # generous start-up waits: on a loaded 2-CPU machine a node can take over the 10 s default to register
+    env = os.environ | {"RAY_TMPDIR": ray_tmp, "RAY_raylet_start_wait_time_s": "120"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [sys.executable, __file__, str(work), str(checkpoint)],
