@@ -87,12 +87,13 @@ def _images_by_key(out: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_exactly_the_full_set(prompt_spec, tmp_path: Path):
-    reference = prompt_spec(n_prompts=12, shard_size=2, output="reference")
+    slow = {"steps": 30}  # units a second or more apart, so that the kill lands between commits even under load
+    reference = prompt_spec(n_prompts=12, shard_size=2, output="reference", model=slow)
     cli("run", str(reference), "--quiet")
     expected = _images_by_key(tmp_path / "reference")
     assert len(expected) == 12
 
-    spec = prompt_spec(n_prompts=12, shard_size=2, output="killed")
+    spec = prompt_spec(n_prompts=12, shard_size=2, output="killed", model=slow)
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs", "run", str(spec), "--quiet"],
@@ -100,7 +101,7 @@ def test_sigkilled_run_resumes_to_exactly_the_full_set(prompt_spec, tmp_path: Pa
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list((out / "_units").glob("*.json"))) < 2:
-        time.sleep(0.2)
+        time.sleep(0.05)
     committed_before_kill = len(list((out / "_units").glob("*.json")))
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
