@@ -198,7 +198,7 @@ def check_output(root: Path, summary: dict) -> None:
     keys: list[str] = []
     for shard in sorted((root / "parquet").glob("*.parquet")):
         rows = pq.read_table(shard, columns=["key", "image", "width"]).to_pylist()
-        with tarfile.open(shard.with_suffix(".tar")) as tar:
+        with tarfile.open(root / "webdataset" / f"{shard.stem}.tar") as tar:
             metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
         assert [m["key"] for m in metas] == [row["key"] for row in rows]
         assert all(row["image"] and row["width"] == 64 for row in rows)
