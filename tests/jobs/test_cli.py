@@ -87,7 +87,9 @@ def _images_by_key(out: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_exactly_the_full_set(prompt_spec, tmp_path: Path):
-    slow = {"steps": 30}  # units a second or more apart, so that the kill lands between commits even under load
+    slow = {
+        "steps": 30
+    }  # units a second or more apart, so that the kill lands between commits even under load
     reference = prompt_spec(n_prompts=12, shard_size=2, output="reference", model=slow)
     cli("run", str(reference), "--quiet")
     expected = _images_by_key(tmp_path / "reference")

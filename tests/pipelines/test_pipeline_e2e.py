@@ -291,7 +291,14 @@ def verify_output(
             for row in unit_rows:
                 all_keys.append(row["key"])
                 target[row["key"]] = row
-    stray = {f for f in files if not f.startswith("_")} - owned
+    job_files = {
+        "README.md",
+        "wids_index.json",
+    }  # the dataset card and the wids index: the job's, not a unit's
+    assert "README.md" in files and ("wids_index.json" in files) == any(
+        f.startswith("webdataset/") for f in files
+    )
+    stray = {f for f in files if not f.startswith("_")} - owned - job_files
     assert not stray, f"files that belong to no committed unit: {stray}"
     duplicates = {k: n for k, n in Counter(all_keys).items() if n > 1}
     assert not duplicates, f"keys written more than once: {duplicates}"
@@ -367,7 +374,7 @@ def verify_embeddings(files: dict[str, bytes], name: str, rows: list[dict], memb
     assert [m["key"] for m in meta] == [row["key"] for row in rows]
     assert [m["caption"] for m in meta] == [row["text"] for row in rows]
     for m, row, member in zip(meta, rows, members, strict=True):
-        expected = f"{name}.tar/{member}.{row['image_format']}" if row["image"] else row["key"]
+        expected = f"webdataset/{name}.tar/{member}.{row['image_format']}" if row["image"] else row["key"]
         assert m["image_path"] == expected
     for column, folder in (("img_emb", "img_emb"), ("text_emb", "text_emb")):
         path = f"embeddings/{folder}/{folder}_{name}.npy"
