@@ -113,7 +113,7 @@ def render_card(config: PipelineConfig, summary: Mapping[str, Any], histograms: 
         "## Generation config",
         "",
         "```yaml",
-        yaml.safe_dump(summary.get("config", {}), sort_keys=False, allow_unicode=True).rstrip(),
+        yaml.safe_dump(_card_config(summary), sort_keys=False, allow_unicode=True).rstrip(),
         "```",
         "",
         "## Versions",
@@ -122,6 +122,15 @@ def render_card(config: PipelineConfig, summary: Mapping[str, Any], histograms: 
         "",
     ]
     return "\n".join(lines)
+
+
+def _card_config(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The generation config as the card shows it: without the output's own location (the card travels with
+    the folder; a copied output keeps the same card)."""
+    config = dict(summary.get("config", {}))
+    if isinstance(config.get("output"), dict):
+        config["output"] = {k: v for k, v in config["output"].items() if k != "uri"}
+    return config
 
 
 def _reasons(title: str, reasons: Mapping[str, int]) -> list[str]:

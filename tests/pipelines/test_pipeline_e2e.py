@@ -594,8 +594,9 @@ def test_same_job_twice_is_byte_identical_and_another_seed_differs(
     assert {k: r["seed"] for k, r in out_again.written.items()} == {
         k: r["seed"] for k, r in base_run.out.written.items()
     }
-    for name, data in base_run.out.files.items():  # all but the tar (member mtimes) and the summary
-        if not name.endswith((".tar", "_summary.json")):
+    # all but the tar (member mtimes), the summary and the wids index (named after the output's folder)
+    for name, data in base_run.out.files.items():
+        if not name.endswith((".tar", "_summary.json", "wids_index.json")):
             assert _comparable(name, out_again.files[name]) == _comparable(name, data), name
 
     other = str(tmp_path / "other-seed")
@@ -626,12 +627,19 @@ def test_clip_bounds_reject_records_with_score_and_reason(
     assert set(out.rejected) == below | above
     for key, row in out.rejected.items():
         assert row["clip_score"] == pytest.approx(scores[key], abs=1e-6)
-        assert row["reason"] == (f"clip_score below {low}" if key in below else f"clip_score above {high}")
-        assert row["image"] == base_run.out.written[key]["image"]  # the rejected image is kept for review
+        rule = f"< min {low!r}" if key in below else f"> max {high!r}"
+        assert row["reason"].startswith("clip_score ") and row["reason"].endswith(rule), row["reason"]
+        assert row["rejected_by"] == [f"clip_score {rule}"]
+        assert (
+            row["image"] == base_run.out.written[key]["image"]
+        )  # the rejected image is kept for review (marked)
     assert not (set(out.written) & set(out.rejected))
     assert set(out.written) == set(scores) - below - above
     assert all(low <= row["clip_score"] <= high for row in out.written.values())
-    assert out.summary["rejected_reasons"] == {f"clip_score below {low}": 1, f"clip_score above {high}": 1}
+    assert out.summary["rejected_reasons"] == {
+        f"clip_score < min {low!r}": 1,
+        f"clip_score > max {high!r}": 1,
+    }
     assert out.summary["rejected"] == 2 and out.summary["written"] == len(scores) - 2
     assert_errors(out, base_run.errors)
     assert {k: r["image"] for k, r in out.written.items()} == {
