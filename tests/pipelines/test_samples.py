@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
-from pipelines.stages.filter import FilterSpec, filter_batch
+from pipelines.stages.filter import Bound, FilterSpec, filter_batch
 from pipelines.stages.preprocess import draw_samples, preprocess_batch
 from pipelines.stages.score import ClipScoreStage
 from unidiffuser import derive_seed
@@ -77,7 +77,7 @@ def test_keep_best_ranks_within_each_input_after_the_bounds() -> None:
         ("b", 0, "ok", 0.20), ("b", 1, "error", None), ("b", 2, "ok", 0.20),
         ("c", 0, "error", None), ("c", 1, "error", None),
     ])  # fmt: skip
-    out = filter_batch(batch, FilterSpec(max_score=0.8, keep_best=2))
+    out = filter_batch(batch, FilterSpec(bounds=(Bound(r.CLIP_SCORE, max=0.8),), keep_best=2))
     best = "clip_score not among the best 2 samples of its input"
     assert out[r.STATUS].tolist() == [
         "rejected", "ok", "ok", "rejected",  # a3 is over the bound; of the rest, 0.50 and 0.40 stay
@@ -85,7 +85,7 @@ def test_keep_best_ranks_within_each_input_after_the_bounds() -> None:
         "error", "error",
     ]  # fmt: skip
     reasons = [None if r.missing(reason) else reason for reason in out[r.REASON]]
-    assert reasons[:4] == [best, None, None, "clip_score above 0.8"]
+    assert reasons[:4] == [best, None, None, "clip_score 0.9 > max 0.8"]
     tie = filter_batch(batch.iloc[4:7], FilterSpec(keep_best=1))
     assert tie[r.STATUS].tolist() == ["ok", "error", "rejected"]  # equal scores: the lower sample stays
 
@@ -133,13 +133,14 @@ def test_clip_text_of_samples_of_one_prompt_is_encoded_once() -> None:
     batch = pd.DataFrame(
         {
             r.STATUS: [r.Status.OK.value] * 4 + [r.Status.ERROR.value],
+            r.REASON: [None] * 4 + ["input: empty prompt"],
             r.TEXT: texts,
             r.PROMPT: texts,
             r.OUT_PIXELS: None,
         }
     )
     rows_seen: list[int] = []
-    hook = stage.model.text_model.register_forward_hook(
+    hook = stage.clip.model.text_model.register_forward_hook(
         lambda module, args, kwargs, output: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     try:

@@ -172,7 +172,8 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "parquet" / "00007.parquet")
     assert table.column_names == [
         "key", "input_key", "sample", "source", "mode", "prompt", "source_caption", "generated_caption", "text",
-        "prompt_used", "flags", "image", "image_format", "width", "height", "clip_score", "seed", "model_id",
+        "prompt_used", "flags", "synthetic", "image", "image_format", "width", "height", "phash", "clip_score",
+        "seed", "model_id",
         "params", "metadata", "img_emb", "text_emb",
     ]  # fmt: skip
     shard = table.to_pylist()
