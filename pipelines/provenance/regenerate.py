@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +50,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from pipelines import records as r
-from pipelines.config import ModelSpec, OutputSpec
+from pipelines.config import ModelSpec, OutputSpec, ResourcesSpec
 from pipelines.provenance.spec import ProvenanceSpec
 from pipelines.provenance.stored_record import StoredRecord, find_record
 from pipelines.provenance.watermark import WatermarkError, embed_watermark, watermark_payload
@@ -259,11 +258,9 @@ def _recipe(stored: StoredRecord) -> tuple[_Recipe, list[str]]:
                 f"record {key!r}: the job watermarks its images but its summary has no fingerprint"
             )
         watermark = (watermark_payload(str(fingerprint)), provenance.watermark_method)
-    resources = config.get("resources") or {}
-    on_cpu = not float(resources.get("gpus_per_actor") or 0) > 0
-    threads = stored.summary.get("engine_threads") or max(
-        math.floor(float(resources.get("cpus_per_actor") or 1)), 1
-    )
+    resources = ResourcesSpec.model_validate(config.get("resources") or {})
+    on_cpu = resources.gpus_per_actor == 0
+    threads = stored.summary.get("engine_threads") or resources.engine_threads
     exact = on_cpu and model.dtype == "float32"
     recipe = _Recipe(mode, seed, model, version, output, watermark, exact, threads)
     if stored.marks is not None or mode.makes_image:
