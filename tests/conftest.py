@@ -1,4 +1,4 @@
-"""Shared fixtures: offline hub settings and a real S3 API (moto server) on loopback."""
+"""Shared fixtures: offline hub settings, a real S3 API (moto server) on loopback, no leaked torch threads."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # a loaded CI machine can take longer than Ray's 10 s default for a raylet to register with its GCS
 os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+# a run that stops moving fails within minutes instead of after Ray Data's default half hour
+os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")
 
 
 def _free_port() -> int:
@@ -26,55 +28,57 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The AWS environment names the loopback S3 server from the moment the suite is imported, before any test starts
+# a Ray (a CLI test, a pipeline test): Ray workers inherit the environment of the moment ``ray.init`` runs, so a
+# Ray started before the server fixture would otherwise have workers without credentials.
+_S3_PORT = _free_port()
+_S3_ENDPOINT = f"http://127.0.0.1:{_S3_PORT}"
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": _S3_ENDPOINT,
+        "AWS_ENDPOINT_URL_S3": _S3_ENDPOINT,
+    }
+)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """Start a moto S3 server on 127.0.0.1 for the whole session and point the AWS environment at it."""
-    port = _free_port()
+    """Start a moto S3 server on the loopback port the AWS environment already names, for the whole session."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(_S3_PORT)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection(("127.0.0.1", _S3_PORT), timeout=0.5):
                 break
         except OSError:
             time.sleep(0.1)
     else:  # pragma: no cover - only when moto cannot start
         proc.kill()
-        raise RuntimeError("moto server did not start")
-    saved = {k: os.environ.get(k) for k in _AWS_ENV}
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ENDPOINT_URL_S3": endpoint,
-        }
-    )
+        raise RuntimeError(f"moto server did not start on port {_S3_PORT} within 60 s")
     try:
-        yield endpoint
+        yield _S3_ENDPOINT
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
-_AWS_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-)
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """A test that sets torch's intra-op thread count (an engine stage run in this process) gives it back: a CPU
+    model's output depends on it, and a later test comparing with another process must not inherit it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture()
