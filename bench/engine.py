@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from unidiffuser import UniDiffuserEngine, write_tiny_checkpoint
-from unidiffuser.checkpoint import load_components
+from unidiffuser.components import load_components
 from unidiffuser.tiny import CheckpointSizes, uvit_h_config, write_random_checkpoint
 from unidiffuser.uvit import UViT
 

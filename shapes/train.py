@@ -46,7 +46,7 @@ from shapes.diffusion import Latents, UViTTrainConfig, train_uvit
 from shapes.tokenizers import world_clip_tokenizer, world_gpt2_tokenizer
 from shapes.vae import VAEConfig, encode_posteriors, train_vae
 from shapes.world import RESOLUTION, ShapesWorld
-from unidiffuser.checkpoint import load_caption_decoder
+from unidiffuser.components import load_caption_decoder
 from unidiffuser.tiny import scheduler_config
 
 log = logging.getLogger("shapes")

@@ -11,7 +11,7 @@ from typing import Any
 _EXPORTS = {
     "CheckpointChangedError": "unidiffuser.checkpoint",
     "CheckpointError": "unidiffuser.checkpoint",
-    "load_components": "unidiffuser.checkpoint",
+    "load_components": "unidiffuser.components",
     "resolve_checkpoint": "unidiffuser.checkpoint",
     "EngineConfig": "unidiffuser.config",
     "EngineConfigError": "unidiffuser.config",

@@ -1,4 +1,4 @@
-"""Find and load a UniDiffuser checkpoint in the diffusers folder layout, from a local path or any fsspec URI.
+"""Find, copy, pin and check a UniDiffuser checkpoint (diffusers folder layout) at a local path or fsspec URI.
 
 Remote checkpoints are copied once per machine and version into a local cache. A checkpoint's version is
 its *identity*: a hash of its folder's listing (each file's path, size and ETag / generation / mtime), read
@@ -17,27 +17,13 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 from fsspec import AbstractFileSystem
-from safetensors.torch import load_file
-from transformers import (
-    CLIPImageProcessorPil,
-    CLIPProcessor,
-    CLIPTextModel,
-    CLIPTokenizer,
-    CLIPVisionModelWithProjection,
-    GPT2Tokenizer,
-)
 
-from unidiffuser.caption_decoder import CaptionDecoder
 from unidiffuser.file_versions import file_version
 from unidiffuser.locations import describe_error, is_local, local_path, open_location, redact
-from unidiffuser.uvit import UViT, UViTConfig
 
 COMPONENTS = (
     "unet",
@@ -291,14 +277,14 @@ def _download(uri: str, target: Path, storage_options: dict[str, Any], identity:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _component_dir(root: Path, name: str) -> Path:
+def component_dir(root: Path, name: str) -> Path:
     path = root / name
     if not path.is_dir():
         raise CheckpointError(f"checkpoint component '{name}' missing: expected folder {path}")
     return path
 
 
-def _read_config(folder: Path, filename: str = "config.json") -> dict:
+def read_config(folder: Path, filename: str = "config.json") -> dict:
     path = folder / filename
     if not path.is_file():
         raise CheckpointError(f"missing config file: {path}")
@@ -309,93 +295,3 @@ def _read_config(folder: Path, filename: str = "config.json") -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} is not a JSON object")
     return config
-
-
-def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    for name in WEIGHT_FILES:
-        path = folder / name
-        if path.is_file():
-            try:
-                if path.suffix == ".safetensors":
-                    return load_file(path)
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # a damaged file: name it instead of the loader's internals
-                raise CheckpointError(f"cannot load weights {path}: {describe_error(exc)}") from None
-    raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
-
-
-def load_uvit(root: Path) -> UViT:
-    """The U-ViT from ``unet/`` (diffusers ``UniDiffuserModel`` layout)."""
-    folder = _component_dir(root, "unet")
-    model = UViT(UViTConfig.from_dict(_read_config(folder)))
-    model.load_state_dict(_load_weights(folder), strict=True)
-    return model
-
-
-def load_caption_decoder(root: Path) -> CaptionDecoder:
-    """The GPT-2 caption decoder from ``text_decoder/``."""
-    folder = _component_dir(root, "text_decoder")
-    model = CaptionDecoder(_read_config(folder))
-    model.load_state_dict(CaptionDecoder.clean_state_dict(_load_weights(folder)), strict=True)
-    model.transformer.tie_weights()
-    return model
-
-
-@dataclass
-class Components:
-    """Every part of a UniDiffuser checkpoint, loaded on CPU in float32."""
-
-    uvit: UViT
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    clip_tokenizer: CLIPTokenizer
-    image_encoder: CLIPVisionModelWithProjection
-    clip_image_processor: CLIPImageProcessorPil
-    text_decoder: CaptionDecoder
-    text_tokenizer: GPT2Tokenizer
-    scheduler_config: dict
-    path: Path
-
-    @property
-    def resolution(self) -> int:
-        """Image side in pixels that the U-ViT was trained for."""
-        return self.uvit.config.sample_size * self.vae_scale_factor
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-def load_clip_processor(folder: str | os.PathLike) -> CLIPProcessor:
-    """A CLIP folder's tokenizer and image processor. The image processor is transformers' PIL backend,
-    named explicitly: the same pixels on every machine, with or without torchvision installed."""
-    kwargs = {"local_files_only": True}
-    return CLIPProcessor(
-        image_processor=CLIPImageProcessorPil.from_pretrained(folder, **kwargs),
-        tokenizer=CLIPTokenizer.from_pretrained(folder, **kwargs),
-    )
-
-
-def load_components(root: str | os.PathLike) -> Components:
-    """Load all components of the checkpoint folder ``root`` (already local: see ``resolve_checkpoint``)."""
-    root = Path(root)
-    for name in COMPONENTS:
-        _component_dir(root, name)
-    kwargs = {"local_files_only": True}
-    tokenizer = CLIPTokenizer.from_pretrained(root / "clip_tokenizer", **kwargs)
-    if tokenizer.model_max_length > 10_000:  # an unset max length: UniDiffuser is trained on 77 tokens
-        tokenizer.model_max_length = 77
-    scheduler_config = _read_config(root / "scheduler", "scheduler_config.json")
-    DPMSolverMultistepScheduler.from_config(scheduler_config)  # validate early
-    return Components(
-        uvit=load_uvit(root),
-        vae=AutoencoderKL.from_pretrained(root / "vae", **kwargs),
-        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", **kwargs),
-        clip_tokenizer=tokenizer,
-        image_encoder=CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder", **kwargs),
-        clip_image_processor=CLIPImageProcessorPil.from_pretrained(root / "clip_image_processor", **kwargs),
-        text_decoder=load_caption_decoder(root),
-        text_tokenizer=GPT2Tokenizer.from_pretrained(root / "text_tokenizer", **kwargs),
-        scheduler_config=scheduler_config,
-        path=root,
-    )

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unidiffuser.checkpoint import Components
+from unidiffuser.components import Components
 from unidiffuser.noise import NoiseSource
 
 CPU_CONV_PIXELS = 4 * 64 * 64

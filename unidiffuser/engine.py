@@ -18,14 +18,9 @@ import numpy as np
 import torch
 
 from unidiffuser import modes
-from unidiffuser.checkpoint import (
-    Components,
-    load_components,
-    read_checkpoint_resolution,
-    resolution_problem,
-    resolve_checkpoint,
-)
+from unidiffuser.checkpoint import read_checkpoint_resolution, resolution_problem, resolve_checkpoint
 from unidiffuser.codecs import Codecs
+from unidiffuser.components import Components, load_components
 from unidiffuser.config import EngineConfig, EngineConfigError, Mode, ModeInput
 from unidiffuser.inputs import InputError, check_prompt, prepare_image
 from unidiffuser.noise import RecordNoise

@@ -15,7 +15,8 @@ from shapes.clip import image_embeddings, text_hidden_states
 from shapes.train import main
 from shapes.world import ShapesWorld
 from unidiffuser import UniDiffuserEngine, write_tiny_checkpoint
-from unidiffuser.checkpoint import COMPONENTS, load_components
+from unidiffuser.checkpoint import COMPONENTS
+from unidiffuser.components import load_components
 from unidiffuser.noise import RecordNoise
 
 

@@ -331,7 +331,7 @@ def test_mismatched_inputs_leave_no_output(tmp_path: Path) -> None:
 
 
 def test_converted_folder_loads_with_project_loader(converted_v1: tuple[dict[str, Path], Path]) -> None:
-    from unidiffuser.checkpoint import load_components
+    from unidiffuser.components import load_components
 
     _, out = converted_v1
     components = load_components(out)

@@ -29,7 +29,7 @@ with warnings.catch_warnings():
     )
     from diffusers.pipelines.deprecated.unidiffuser import pipeline_unidiffuser as pipeline_module
 
-from unidiffuser.checkpoint import load_components
+from unidiffuser.components import load_components
 
 STEPS = 4
 
