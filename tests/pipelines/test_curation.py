@@ -86,49 +86,6 @@ def read(out: Path, folder: str) -> list[dict]:
     return [row for f in sorted((out / folder).glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
 
 
-def test_head_scores_reach_every_output_and_their_bounds_reject_with_every_reason(models, tmp_path: Path):
-    """A head named ``unsafe`` writes LAION's ``punsafe`` column by default."""
-    aesthetic = linear_head(tmp_path / "heads" / "aesthetic", weight=10.0, bias=5.0)
-    unsafe = linear_head(tmp_path / "heads" / "unsafe", weight=-6.0, bias=0.0, output="probability")
-    config = make_config(models, tmp_path, heads=[
-        {"name": "aesthetic", "kind": "mlp", "uri": str(aesthetic), "min": 5.0},
-        {"name": "unsafe", "kind": "mlp", "uri": str(unsafe), "max": 0.5},
-    ])  # fmt: skip
-    report = run_pipeline(config, progress=False)
-    out = tmp_path / "out"
-    written, rejected = read(out, "parquet"), read(out, "rejected")
-    assert len(written) + len(rejected) + report.summary["errored"] == 9
-    for row in written:  # every score is the head's function of the embedding written
-        emb = row["img_emb"]
-        assert row["aesthetic"] == pytest.approx(head_score(emb, weight=10.0, bias=5.0), abs=1e-4)
-        assert row["punsafe"] == pytest.approx(
-            head_score(emb, weight=-6.0, bias=0.0, output="probability"), abs=1e-4
-        )
-    for row in written + rejected:  # both heads read the same e[0]: their scores agree with each other
-        x = (row["aesthetic"] - 5.0) / 10.0
-        assert row["punsafe"] == pytest.approx(1 / (1 + math.exp(6.0 * x)), abs=1e-4)
-    for row in written:
-        assert row["aesthetic"] >= 5.0 and row["punsafe"] <= 0.5
-    assert rejected, "the bounds must reject something on random embeddings"
-    for row in rejected:  # e[0] < 0 fails both bounds at once: the reason names both, with values
-        assert row["aesthetic"] < 5.0 and row["punsafe"] > 0.5
-        assert (
-            row["reason"]
-            == f"aesthetic {row['aesthetic']:.3g} < min 5.0; punsafe {row['punsafe']:.3g} > max 0.5"
-        )
-        assert row["rejected_by"] == ["aesthetic < min 5.0", "punsafe > max 0.5"]
-    counts = report.summary["rejected_reasons"]
-    assert counts == {"aesthetic < min 5.0": len(rejected), "punsafe > max 0.5": len(rejected)}
-    # the tar json and the clip-retrieval metadata carry the scores too
-    import webdataset as wds
-
-    samples = [json.loads(s["json"]) for t in sorted((out / "webdataset").glob("*.tar"))
-               for s in wds.WebDataset(str(t), shardshuffle=False, empty_check=False)]  # fmt: skip
-    assert {s["key"]: s["aesthetic"] for s in samples} == {r["key"]: r["aesthetic"] for r in written}
-    meta = read(out, "embeddings/metadata")
-    assert {m["key"]: m["punsafe"] for m in meta} == {r["key"]: r["punsafe"] for r in written}
-
-
 def counting_stage(record_dir: str) -> type[GenerateStage]:
     """A GenerateStage that notes how many records each call hands the engine."""
 
@@ -139,6 +96,73 @@ def counting_stage(record_dir: str) -> type[GenerateStage]:
             return super().__call__(batch)
 
     return CountingStage
+
+
+def test_head_scores_reach_every_output_and_their_bounds_reject_with_every_reason(models, tmp_path: Path):
+    """Two heads and a prompt blocklist on one job; then one head's weights change and its units are redone.
+    A head named ``unsafe`` writes LAION's ``punsafe`` column by default."""
+    aesthetic = linear_head(tmp_path / "heads" / "aesthetic", weight=10.0, bias=5.0)
+    unsafe = linear_head(tmp_path / "heads" / "unsafe", weight=-6.0, bias=0.0, output="probability")
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text("# weapons\nknife\n/\\bgun(s)?\\b/\n")
+    config = make_config(models, tmp_path, heads=[
+        {"name": "aesthetic", "kind": "mlp", "uri": str(aesthetic), "min": 5.0},
+        {"name": "unsafe", "kind": "mlp", "uri": str(unsafe), "max": 0.5},
+    ], blocklist=str(blocklist))  # fmt: skip
+    record = tmp_path / "record"
+    record.mkdir()
+    report = run_pipeline(config, generate_cls=counting_stage(str(record)), progress=False)
+    out = tmp_path / "out"
+    written, rejected = read(out, "parquet"), read(out, "rejected")
+    assert len(written) + len(rejected) + report.summary["errored"] == 9
+
+    # the blocklisted prompt is rejected before generation: the engine saw only the 8 others
+    (blocked,) = [r for r in rejected if r["prompt"] == "a knife on a table"]
+    assert blocked["reason"] == "prompt matches blocklist entry 'knife'" and blocked["image"] is None
+    assert sum(int(p.read_text()) for p in record.iterdir()) == 8
+    judged = [r for r in rejected if r is not blocked]
+
+    for row in written:  # every score is the head's function of the embedding written
+        emb = row["img_emb"]
+        assert row["aesthetic"] == pytest.approx(head_score(emb, weight=10.0, bias=5.0), abs=1e-4)
+        assert row["punsafe"] == pytest.approx(
+            head_score(emb, weight=-6.0, bias=0.0, output="probability"), abs=1e-4
+        )
+    for row in written + judged:  # both heads read the same e[0]: their scores agree with each other
+        x = (row["aesthetic"] - 5.0) / 10.0
+        assert row["punsafe"] == pytest.approx(1 / (1 + math.exp(6.0 * x)), abs=1e-4)
+    for row in written:
+        assert row["aesthetic"] >= 5.0 and row["punsafe"] <= 0.5
+    assert judged, "the bounds must reject something on random embeddings"
+    for row in judged:  # e[0] < 0 fails both bounds at once: the reason names both, with values
+        assert row["aesthetic"] < 5.0 and row["punsafe"] > 0.5
+        assert (
+            row["reason"]
+            == f"aesthetic {row['aesthetic']:.3g} < min 5.0; punsafe {row['punsafe']:.3g} > max 0.5"
+        )
+        assert row["rejected_by"] == ["aesthetic < min 5.0", "punsafe > max 0.5"]
+    counts = report.summary["rejected_reasons"]
+    assert counts == {
+        "aesthetic < min 5.0": len(judged),
+        "punsafe > max 0.5": len(judged),
+        "prompt blocklist": 1,
+    }
+    # the tar json and the clip-retrieval metadata carry the scores too
+    import webdataset as wds
+
+    samples = [json.loads(s["json"]) for t in sorted((out / "webdataset").glob("*.tar"))
+               for s in wds.WebDataset(str(t), shardshuffle=False, empty_check=False)]  # fmt: skip
+    assert {s["key"]: s["aesthetic"] for s in samples} == {r["key"]: r["aesthetic"] for r in written}
+    meta = read(out, "embeddings/metadata")
+    assert {m["key"]: m["punsafe"] for m in meta} == {r["key"]: r["punsafe"] for r in written}
+
+    # a head is pinned by its identity: the same job does nothing, new weights in its folder redo every unit
+    assert not run_pipeline(config, progress=False).did_model_work
+    linear_head(aesthetic, weight=10.0, bias=4.0)
+    again = run_pipeline(config, progress=False)
+    assert again.units_run == report.units_total and again.summary["units_redone"] == report.units_total
+    for row in read(out, "parquet"):
+        assert row["aesthetic"] == pytest.approx(head_score(row["img_emb"], weight=10.0, bias=4.0), abs=1e-4)
 
 
 def test_input_heads_reject_captioning_inputs_before_any_model_work(models, tmp_path: Path):
@@ -162,20 +186,6 @@ def test_input_heads_reject_captioning_inputs_before_any_model_work(models, tmp_
     assert all(r["punsafe"] <= 0.32 for r in read(tmp_path / "out", "parquet"))
 
 
-def test_a_blocklisted_prompt_is_rejected_before_generation(models, tmp_path: Path):
-    blocklist = tmp_path / "blocklist.txt"
-    blocklist.write_text("# weapons\nknife\n/\\bgun(s)?\\b/\n")
-    config = make_config(models, tmp_path, heads=[], blocklist=str(blocklist))
-    record = tmp_path / "record"
-    record.mkdir()
-    report = run_pipeline(config, generate_cls=counting_stage(str(record)), progress=False)
-    (row,) = read(tmp_path / "out", "rejected")
-    assert (row["prompt"], row["reason"]) == ("a knife on a table", "prompt matches blocklist entry 'knife'")
-    assert row["image"] is None
-    assert report.summary["rejected_reasons"] == {"prompt blocklist": 1}
-    assert sum(int(p.read_text()) for p in record.iterdir()) == 8
-
-
 def test_a_non_finite_score_makes_an_error_row(models, tmp_path: Path):
     broken = linear_head(tmp_path / "heads" / "aesthetic", weight=float("nan"), bias=0.0)
     config = make_config(models, tmp_path, heads=[{"name": "aesthetic", "kind": "mlp", "uri": str(broken)}])
@@ -183,21 +193,6 @@ def test_a_non_finite_score_makes_an_error_row(models, tmp_path: Path):
     assert (report.summary["written"], report.summary["errored"]) == (0, 9)
     assert set(report.summary["error_reasons"]) == {"aesthetic score is nan (not a finite number)"}
     assert all(r["aesthetic"] is None for r in read(tmp_path / "out", "errors"))  # a NaN is written as null
-
-
-@pytest.mark.slow
-def test_a_changed_head_redoes_the_units(models, tmp_path: Path):
-    head = tmp_path / "heads" / "aesthetic"
-    linear_head(head, weight=10.0, bias=5.0)
-    config = make_config(models, tmp_path, heads=[{"name": "aesthetic", "kind": "mlp", "uri": str(head)}])
-    first = run_pipeline(config, progress=False)
-    assert not run_pipeline(config, progress=False).did_model_work
-    linear_head(head, weight=10.0, bias=4.0)  # new weights in the same folder
-    again = run_pipeline(config, progress=False)
-    assert again.units_run == first.units_total and again.summary["units_redone"] == first.units_total
-    scores = {r["key"]: r["aesthetic"] for r in read(tmp_path / "out", "parquet")}
-    assert all(v == pytest.approx(head_score(e, weight=10.0, bias=4.0), abs=1e-4)
-               for v, e in zip(scores.values(), [r["img_emb"] for r in read(tmp_path / "out", "parquet")], strict=True))  # fmt: skip
 
 
 def test_bad_curation_settings_are_refused_before_any_work(models, tmp_path: Path):

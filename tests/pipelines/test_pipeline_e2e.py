@@ -25,7 +25,8 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.config import PipelineConfig
-from pipelines.run import RunReport, run_pipeline
+from pipelines.resume import plan_run
+from pipelines.run import RunReport, find_duplicates, plan_job_input, run_pipeline
 from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
@@ -487,6 +488,11 @@ CASES: dict[str, tuple[str, Callable[[Place], tuple[dict, set[str], dict[str, st
 WHERE = {"t2i-txt": "s3", "t2i-jsonl": "local", "joint-count": "s3", "i2t-folder": "s3", "i2t-tars": "local",
          "i2t2i-folder": "local", "i2t2i-tars": "s3"}  # fmt: skip
 PARAMS = [(c, WHERE[c]) for c in CASES]
+# Two cases also carry options that need a run of their own otherwise: input fields kept into every output, and
+# i2t captions written with the model's prepared input instead of the input file (the folder case keeps the
+# default, its input file, checked byte for byte).
+KEEP_FIELDS = {"t2i-jsonl": ["id"], "i2t-tars": ["i"]}
+CAPTION_IMAGE = {"i2t-tars": "model_input"}
 
 
 # --- every mode and input kind, local and S3 -----------------------------------------------------------------
@@ -499,8 +505,19 @@ def test_mode_end_to_end(
     mode, build, has_text = CASES[case]
     place = make_place(where, request, tmp_path)
     input_spec, keys, expected_errors = build(place)
+    if case in KEEP_FIELDS:
+        input_spec |= {"keep_fields": KEEP_FIELDS[case]}
+    caption_image = CAPTION_IMAGE.get(case, "source")
     out_uri = place.uri("out")
-    report = run(make_config(models, mode=mode, input=input_spec, output=out_uri, storage=place.storage))
+    config = make_config(
+        models,
+        mode=mode,
+        input=input_spec,
+        output=out_uri,
+        storage=place.storage,
+        caption_image=caption_image,
+    )
+    report = run(config)
     assert report.did_model_work and report.units_skipped == 0
     assert report.units_total == -(-len(keys) // 3)
     out = verify_output(
@@ -509,7 +526,9 @@ def test_mode_end_to_end(
         expected_keys=keys,
         tmp_path=tmp_path,
         has_text=has_text,
-        sources=place.source_images() if mode == "i2t" else None,  # captions go out with their input file
+        # captions go out with their input file, or with the model's input at the model resolution
+        sources=place.source_images() if mode == "i2t" and caption_image == "source" else None,
+        has_image=caption_image != "none",
     )
     assert_errors(out, expected_errors)
     assert not out.rejected  # no CLIP bounds
@@ -529,6 +548,8 @@ def test_mode_end_to_end(
         assert all(row["text"] == row["generated_caption"] and isinstance(row["text"], str) for row in rows)
     else:  # i2t2i: the caption is never decoded; the paired text is the input's own caption, if any
         assert all(row["generated_caption"] is None and row["text"] == row["source_caption"] for row in rows)
+    if caption_image == "model_input":  # the image the model captioned, at its resolution
+        assert all((row["width"], row["height"]) == (RESOLUTION, RESOLUTION) for row in rows)
     if mode in ("i2t", "i2t2i"):  # an input image's caption is its source caption, never a prompt
         assert all(row["prompt"] is None for row in rows)
     if case.endswith("tars"):
@@ -545,6 +566,21 @@ def test_mode_end_to_end(
         assert not list(Path(tmp_path).glob("out*")), "S3 jobs must not write locally"
     # the rows' seeds are the per-record seeds derived from the job seed and key
     assert len({row["seed"] for row in rows}) == len(out.written)
+    if case == "t2i-jsonl":  # the kept field, in every output: null where a record has none
+        ids = {key: json.loads(row["metadata"])["id"] for key, row in (out.written | out.errors).items()}
+        assert ids == {key: 3 if key == "prompts-000000003" else None for key in keys}
+        assert tar_metadata(out, "webdataset/00001.tar") == {"prompts-000000003": {"id": 3}}
+    if case == "i2t-tars":  # the kept field of each image sample (the tar's .json), in every output
+        kept = {key: json.loads(row["metadata"]) for key, row in (out.written | out.errors).items()}
+        assert kept == {key: {"i": int(key[1])} if key.startswith("s") else {"i": None} for key in keys}
+        assert tar_metadata(out, "webdataset/00000.tar") == {f"s{i}": {"i": i} for i in range(3)}
+
+
+def tar_metadata(out: Output, shard: str) -> dict[str, Any]:
+    """Each sample's ``metadata`` in a written tar shard's ``.json`` members, by key."""
+    with tarfile.open(fileobj=io.BytesIO(out.files[shard])) as tar:
+        meta = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    return {m["key"]: m["metadata"] for m in meta}
 
 
 # --- the base t2i run: determinism, CLIP bounds and resume ------------------------------------------------------
@@ -794,8 +830,12 @@ def test_a_replaced_checkpoint_or_clip_model_redoes_every_unit(
     report = run(config)
     assert (report.units_skipped, report.units_run) == (0, 2)
     assert not run(config).did_model_work
-    rewritten(clip / "config.json")
-    assert run(config).units_run == 2
+    rewritten(
+        clip / "config.json"
+    )  # the plan alone shows it: every unit is stale (the redo itself is shown above)
+    planned = plan_job_input(config)
+    plan = plan_run(config, planned, find_duplicates(config, planned))
+    assert (len(plan.keep), plan.to_run, len(plan.stale)) == (0, 2, 2)
     verify_output(read_tree(out_uri, {}), mode="joint", expected_keys={f"{i:09d}" for i in range(4)},
                   tmp_path=tmp_path)  # fmt: skip
 
@@ -833,40 +873,6 @@ def test_best_of_n_keeps_the_best_scoring_sample_of_each_prompt(
     assert not run(config).did_model_work
 
 
-def test_kept_input_fields_reach_every_output(models: tuple[str, str], tmp_path: Path) -> None:
-    place = Place(str(tmp_path), {}, {})
-    input_spec, keys, expected_errors = put_jsonl(place)
-    out_uri = str(tmp_path / "out")
-    run(make_config(models, mode="t2i", input=input_spec | {"keep_fields": ["id"]}, output=out_uri))
-    out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp_path)
-    assert_errors(out, expected_errors)
-    ids = {key: json.loads(row["metadata"])["id"] for key, row in (out.written | out.errors).items()}
-    assert ids == {key: 3 if key == "prompts-000000003" else None for key in keys}
-    with tarfile.open(fileobj=io.BytesIO(out.files["webdataset/00001.tar"])) as tar:
-        meta = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
-    assert {m["key"]: m["metadata"] for m in meta} == {"prompts-000000003": {"id": 3}}
-
-
-def test_kept_fields_of_image_samples_reach_every_output(models: tuple[str, str], tmp_path: Path) -> None:
-    place = Place(str(tmp_path), {}, {})
-    input_spec, keys, expected_errors = put_tars(place)
-    out_uri = str(tmp_path / "out")
-    run(make_config(models, mode="i2t", input=input_spec | {"keep_fields": ["i"]}, output=out_uri))
-    out = verify_output(
-        read_tree(out_uri, {}),
-        mode="i2t",
-        expected_keys=keys,
-        tmp_path=tmp_path,
-        sources=place.source_images(),
-    )
-    assert_errors(out, expected_errors)
-    kept = {key: json.loads(row["metadata"]) for key, row in (out.written | out.errors).items()}
-    assert kept == {key: {"i": int(key[1])} if key.startswith("s") else {"i": None} for key in keys}
-    with tarfile.open(fileobj=io.BytesIO(out.files["webdataset/00000.tar"])) as tar:
-        meta = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
-    assert {m["key"]: m["metadata"] for m in meta} == {f"s{i}": {"i": i} for i in range(3)}
-
-
 def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, str], tmp_path: Path) -> None:
     samples = [
         {"__key__": f"m{i}", "png": image_bytes((64, 64), (i * 50, 90, 30))}
@@ -895,20 +901,15 @@ def test_i2t2i_unit_mixing_captioned_and_uncaptioned_samples(models: tuple[str, 
     }
 
 
-@pytest.mark.parametrize("caption_image", ["model_input", "none"])
-def test_i2t_caption_image_choice(models: tuple[str, str], tmp_path: Path, caption_image: str) -> None:
-    """Captions written with the model's prepared input, or with no image (the default, the input file
-    itself, is checked byte for byte in test_mode_end_to_end)."""
+def test_i2t_captions_without_an_image(models: tuple[str, str], tmp_path: Path) -> None:
+    """Captions written with no image (the input file itself and the model's prepared input are checked in
+    test_mode_end_to_end)."""
     place = Place(str(tmp_path), {}, {})
     input_spec, keys, expected_errors = put_image_folder(place)
     out_uri = str(tmp_path / "out")
-    run(make_config(models, mode="i2t", input=input_spec, output=out_uri, caption_image=caption_image))
+    run(make_config(models, mode="i2t", input=input_spec, output=out_uri, caption_image="none"))
     out = verify_output(
-        read_tree(out_uri, {}),
-        mode="i2t",
-        expected_keys=keys,
-        tmp_path=tmp_path,
-        has_image=caption_image == "model_input",  # then at the model resolution
+        read_tree(out_uri, {}), mode="i2t", expected_keys=keys, tmp_path=tmp_path, has_image=False
     )
     assert_errors(out, expected_errors)
     assert all(
