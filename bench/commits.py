@@ -3,8 +3,8 @@
     python bench/commits.py                         # 10 000 prompts, shard_size 250, tiny model, default resources
     python bench/commits.py --prompts 2000 --shard-size 100
 
-The job of the reliability report (issue 18): t2i over many prompts with the tiny random checkpoint and the
-default ``resources`` on this machine, CLIP off, parquet shards. Each unit's commit time is its marker's
+The job of the reliability report (issue 18): t2i over many prompts with the tiny random checkpoint and
+``resources`` that fill this 2-CPU machine, CLIP off, parquet shards. Each unit's commit time is its marker's
 mtime (``_units/{u}.json``, written last). Prints, from the run's start: the first commit, the last commit,
 the run's end, and the spacing between consecutive commits (median and max). Resume is worth what is
 committed: a crash at time t loses at most the units in flight, not everything before t.
@@ -38,6 +38,9 @@ def measure(prompts: int, shard_size: int, steps: int) -> dict[str, float | int]
                 "input": {"kind": "prompts", "uri": str(root / "prompts.txt")},
                 "model": {"checkpoint": str(checkpoint), "mode": "t2i", "steps": steps},
                 "output": {"uri": str(root / "out"), "formats": ["parquet"], "shard_size": shard_size},
+                # the default resources need 3 CPUs (run refuses them on 2): one engine CPU, half a CPU each
+                # for the writer and the read + preprocess task
+                "resources": {"cpus_per_actor": 1, "writer_cpus": 0.5, "preprocess_cpus": 0.5},
             }
         )
         started = time.time()
