@@ -97,9 +97,15 @@ def rows_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
-    """Serialize ``table`` as one parquet file (zstd), ready for a whole-file write."""
+    """Serialize ``table`` as one parquet file (zstd), ready for a whole-file write.
+
+    An empty table is written with its schema and no row group: ``datasets``' parquet builder takes its batch
+    size from the first row group and fails on an empty one (a unit whose records were all rejected)."""
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    if table.num_rows == 0:
+        pq.ParquetWriter(buffer, table.schema, compression="zstd").close()
+    else:
+        pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
 
 

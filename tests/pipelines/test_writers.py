@@ -10,6 +10,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -518,3 +519,27 @@ def test_units_flow_through_ray_into_the_writer(tmp_path: Path) -> None:
     assert len(list(wds.WebDataset(str(tmp_path / "webdataset" / "00000.tar"), shardshuffle=False))) == 3
     assert np.load(tmp_path / "embeddings" / "img_emb" / "img_emb_00002.npy").shape == (3, DIM)
     assert tuple(unit_writer.SELECTABLE) == ALL_FORMATS
+
+
+def test_a_shard_without_written_records_opens_in_every_parquet_reader(tmp_path: Path) -> None:
+    """A unit whose records were all rejected writes a shard with its schema and no row group, which
+    ``datasets`` (batch size from the first row group), pyarrow and pandas all read beside a full one."""
+    import datasets
+    import pandas as pd
+
+    from pipelines.writers.parquet_shards import parquet_bytes
+
+    schema = pa.schema([("key", pa.string()), ("clip_score", pa.float32())])
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    (folder / "00000.parquet").write_bytes(
+        parquet_bytes(pa.table({"key": ["a"], "clip_score": [0.5]}, schema))
+    )
+    (folder / "00001.parquet").write_bytes(parquet_bytes(schema.empty_table()))
+    assert pq.read_metadata(folder / "00001.parquet").num_row_groups == 0
+    assert pq.read_schema(folder / "00001.parquet") == schema
+    assert pd.read_parquet(folder)["key"].tolist() == ["a"]
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(folder / "*.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    )
+    assert loaded["key"] == ["a"]
