@@ -119,7 +119,7 @@ class Embedder:
         import torch
         from transformers import CLIPModel
 
-        from unidiffuser.components import load_clip_processor
+        from unidiffuser.clip_processor import load_clip_processor
 
         self.torch = torch
         self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval()

@@ -28,7 +28,8 @@ from shapes.clip import roc_auc
 from shapes.detector import detect, matches
 from shapes.world import Scene, ShapesWorld, parse_caption
 from unidiffuser import EngineConfig, UniDiffuserEngine, load_components, resolve_checkpoint
-from unidiffuser.components import Components, load_clip_processor
+from unidiffuser.clip_processor import load_clip_processor
+from unidiffuser.components import Components
 
 MODES = ("i2t", "t2i", "joint", "i2t2i", "t2i2t")
 

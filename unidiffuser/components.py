@@ -1,7 +1,7 @@
 """Load a local UniDiffuser checkpoint folder into its model components (torch, diffusers, transformers).
 
 Finding, copying, pinning and checking a checkpoint is ``unidiffuser.checkpoint``, which imports none of these
-libraries: a driver that only plans, and ``validate``, stay light; the engine actors load through this module."""
+libraries, so ``validate`` and the pre-flight checks stay light; the engine actors load through this module."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 from safetensors.torch import load_file
 from transformers import (
     CLIPImageProcessorPil,
-    CLIPProcessor,
     CLIPTextModel,
     CLIPTokenizer,
     CLIPVisionModelWithProjection,
@@ -80,16 +79,6 @@ class Components:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-def load_clip_processor(folder: str | os.PathLike) -> CLIPProcessor:
-    """A CLIP folder's tokenizer and image processor. The image processor is transformers' PIL backend,
-    named explicitly: the same pixels on every machine, with or without torchvision installed."""
-    kwargs = {"local_files_only": True}
-    return CLIPProcessor(
-        image_processor=CLIPImageProcessorPil.from_pretrained(folder, **kwargs),
-        tokenizer=CLIPTokenizer.from_pretrained(folder, **kwargs),
-    )
 
 
 def load_components(root: str | os.PathLike) -> Components:

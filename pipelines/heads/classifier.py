@@ -3,7 +3,7 @@
 Watermark detectors and NSFW classifiers are commonly published this way. The score is the probability of
 one label of ``config.id2label``: softmax over the logits, or the label's sigmoid for a model whose
 ``problem_type`` is ``multi_label_classification``. The image processor is transformers' PIL backend, named
-explicitly (as ``unidiffuser.components.load_clip_processor`` does for CLIP): the same pixels on every
+explicitly (as ``unidiffuser.clip_processor.load_clip_processor`` does for CLIP): the same pixels on every
 machine, with or without torchvision.
 """
 

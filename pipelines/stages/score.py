@@ -33,7 +33,7 @@ from pipelines.pixels import from_bytes
 from pipelines.stages.filter import FilterSpec, filter_batch
 from pipelines.stages.watermark import WatermarkSpec, watermark_batch
 from unidiffuser import Mode, resolve_checkpoint
-from unidiffuser.components import load_clip_processor
+from unidiffuser.clip_processor import load_clip_processor
 
 
 class ClipEmbedder:

@@ -15,7 +15,7 @@ from pipelines.dedup import ArrayVectors, SearchConfig, find_pairs, group_remova
 from pipelines.dedup.defaults import IMAGE_THRESHOLD, MAX_HAMMING
 from pipelines.dedup.phash import phash, phash_ints
 from shapes.world import Obj, Scene, render
-from unidiffuser.components import load_clip_processor
+from unidiffuser.clip_processor import load_clip_processor
 
 CLIP = Path(__file__).resolve().parents[3] / "models" / "unidiffuser-shapes" / "clip"
 
