@@ -56,13 +56,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"ok: {args.spec} ({config.model.mode.value}, {config.input.kind} -> {redact(config.output.uri)})")
     if args.plan:
         from jobs.local_ray import connect
-        from pipelines.resume import plan_run
-        from pipelines.run import check_cluster_fits, find_duplicates, plan_job_input
+        from pipelines.run import check_cluster_fits, plan_job
 
         connect(os.environ.get("RAY_ADDRESS"), log_to_driver=args.verbose)
         _fits(check_cluster_fits, config)
-        planned = plan_job_input(config)
-        plan = plan_run(config, planned, find_duplicates(config, planned))
+        _, plan = plan_job(config)
         print(f"plan: {plan.describe()}")
         for first, copies in plan.duplicates.groups().items():
             print(f"  exact duplicates of input {first}: {', '.join(copies)}")

@@ -162,6 +162,13 @@ def find_duplicates(config: PipelineConfig, planned: PlannedInput) -> InputDupli
     return find_input_duplicates(planned, config.input.kind)
 
 
+def plan_job(config: PipelineConfig) -> tuple[PlannedInput, RunPlan]:
+    """The job's input, planned, and what a run over its output would keep, redo and remove (nothing runs or
+    is written): what ``run`` acts on and ``validate --plan`` prints."""
+    planned = plan_job_input(config)
+    return planned, plan_run(config, planned, find_duplicates(config, planned))
+
+
 def _blocklist(config: PipelineConfig) -> Blocklist | None:
     uri = config.curation.blocklist
     return Blocklist.load(uri, config.storage.storage_options()) if uri else None
@@ -214,8 +221,7 @@ def run_pipeline(
         ray.init(ignore_reinit_error=True, log_to_driver=False)
     check_cluster_fits(config)
     options = config.storage.storage_options()
-    planned = plan_job_input(config)
-    plan = plan_run(config, planned, find_duplicates(config, planned))
+    planned, plan = plan_job(config)
     log.info("plan: %s", plan.describe())
     if plan.stale:
         log.warning("units %s were committed by another job configuration or input: redoing them", plan.stale)

@@ -25,8 +25,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.config import PipelineConfig
-from pipelines.resume import plan_run
-from pipelines.run import RunReport, find_duplicates, plan_job_input, run_pipeline
+from pipelines.run import RunReport, plan_job, run_pipeline
 from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
@@ -830,11 +829,9 @@ def test_a_replaced_checkpoint_or_clip_model_redoes_every_unit(
     report = run(config)
     assert (report.units_skipped, report.units_run) == (0, 2)
     assert not run(config).did_model_work
-    rewritten(
-        clip / "config.json"
-    )  # the plan alone shows it: every unit is stale (the redo itself is shown above)
-    planned = plan_job_input(config)
-    plan = plan_run(config, planned, find_duplicates(config, planned))
+    # a new CLIP model: the plan alone shows it, every unit is stale (the redo itself is shown above)
+    rewritten(clip / "config.json")
+    _, plan = plan_job(config)
     assert (len(plan.keep), plan.to_run, len(plan.stale)) == (0, 2, 2)
     verify_output(read_tree(out_uri, {}), mode="joint", expected_keys={f"{i:09d}" for i in range(4)},
                   tmp_path=tmp_path)  # fmt: skip
