@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from pipelines import records as r
+from pipelines.writers.dataset_card import edge_labels
 from pipelines.writers.summary import SUMMARY_FILE, outcome_line
 from unidiffuser.locations import open_location, redact
 
@@ -68,9 +69,11 @@ def histogram(values: Sequence[float | None], bins: int = 8) -> list[str]:
         return ["  (no scores)"]
     counts, edges = np.histogram(scores, bins=bins)
     peak = max(int(counts.max()), 1)
+    labels = edge_labels(edges.tolist())
+    width = max(9, *map(len, labels))
     return [
-        f"  {lo:+9.3f} .. {hi:+9.3f} | {'#' * round(30 * c / peak)} {c}"
-        for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True)
+        f"  {lo:>{width}} .. {hi:>{width}} | {'#' * round(30 * c / peak)} {c}"
+        for c, lo, hi in zip(counts, labels[:-1], labels[1:], strict=True)
     ]
 
 

@@ -59,6 +59,17 @@ def _config(name: str, path: str) -> dict[str, Any]:
     return {"config_name": name, "data_files": [{"split": "train", "path": path}]}
 
 
+def edge_labels(edges: Sequence[float]) -> list[str]:
+    """Histogram bin edges as signed decimals, with as many places (3 at least) as it takes for neighbouring
+    edges to read differently: scores that all lie near 0, such as a safety head's on safe images, keep
+    distinct labels instead of ``+0.000 .. +0.000`` on every bin."""
+    for places in range(3, 13):
+        labels = [f"{e:+.{places}f}" for e in edges]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
 def score_histograms(
     uri: str, columns: Sequence[str], storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, tuple[list[float], list[int]]]:
@@ -177,8 +188,9 @@ def _histograms(histograms: Mapping[str, Any]) -> list[str]:
     for column, (edges, counts) in histograms.items():
         top = max(counts) or 1
         lines += [f"### {column}", "", "| from | to | records | |", "|---:|---:|---:|---|"]
-        for low, high, count in zip(edges, edges[1:], counts, strict=False):
-            lines.append(f"| {low:.3f} | {high:.3f} | {count} | {'█' * round(20 * count / top)} |")
+        labels = edge_labels(edges)
+        for low, high, count in zip(labels, labels[1:], counts, strict=False):
+            lines.append(f"| {low} | {high} | {count} | {'█' * round(20 * count / top)} |")
         lines.append("")
     return lines
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 from huggingface_hub import DatasetCard
 from test_writers import unit_frame
 
 from pipelines.config import PipelineConfig
-from pipelines.writers.dataset_card import CARD_FILE, write_dataset_card
+from pipelines.writers.dataset_card import CARD_FILE, edge_labels, write_dataset_card
 from pipelines.writers.summary import RunWork, write_summary
 from pipelines.writers.unit_writer import OutputSpec, write_unit
 
@@ -80,3 +81,11 @@ def test_histogram_counts_are_those_of_the_written_scores(output: tuple[Path, di
         if line.startswith("| ") and "---" not in line and "from" not in line
     ]
     assert sum(counts) == 4
+
+
+def test_edge_labels_stay_distinct_for_scores_near_zero() -> None:
+    edges = np.histogram(np.array([1.2e-5, 3.0e-5, 8.1e-5]), bins=8)[1].tolist()
+    labels = edge_labels(edges)
+    assert len(set(labels)) == len(labels) == 9
+    assert [float(label) for label in labels] == pytest.approx(edges, abs=1e-6)
+    assert edge_labels([0.25, 0.5, 0.75]) == ["+0.250", "+0.500", "+0.750"]  # three places where they do
