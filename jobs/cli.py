@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import check_cluster_fits, run_pipeline
     from pipelines.writers.summary import outcome_line
 
-    connect(os.environ.get("RAY_ADDRESS"), log_to_driver=args.verbose)
+    connect(os.environ.get("RAY_ADDRESS"), log_to_driver=args.verbose, dashboard=args.dashboard)
     _fits(check_cluster_fits, config)
     report = run_pipeline(config, progress=args.progress)
     s, output = report.summary, redact(config.output.uri)
@@ -304,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_spec("run", "run a job on the local Ray or the one RAY_ADDRESS names (resumes committed units)")
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars (they show only at a terminal anyway)"
+    )
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start a local Ray with its dashboard (http://127.0.0.1:8265); off by default, as it adds "
+        "seconds to the start and a busy process beside the job. A cluster's own dashboard is not affected",
     )
     p.set_defaults(func=cmd_run)
     p = with_spec("validate", "check a spec and that its inputs, checkpoint and output are reachable")

@@ -126,7 +126,7 @@ def run_demo(out: Path, *, model: str = "shapes", quiet: bool = False) -> int:
 
     out = out.resolve()
     checkpoint, clip = prepare_models(model, out / "models")
-    connect(None, log_to_driver=False, include_dashboard=False)
+    connect(None, log_to_driver=False)
     for name in DEMO_SPECS:
         job = Path(name).stem.removeprefix("demo-")
         overrides = [f"output.uri={out / job}"]

@@ -22,13 +22,16 @@ import psutil
 POLL_S = 0.5
 
 
-def connect(address: str | None, **init_kwargs: object) -> None:
+def connect(address: str | None, *, dashboard: bool = False, **init_kwargs: object) -> None:
     """``ray.init`` to ``address`` (a running cluster) or, when None or empty, a new local cluster that is
-    reaped when this process ends, however it ends."""
+    reaped when this process ends, however it ends. A local cluster starts its dashboard only when asked
+    (``dashboard``): it adds seconds to the start and a busy process beside a job on a small machine."""
     import ray
 
     if ray.is_initialized():
         return
+    if not address:
+        init_kwargs["include_dashboard"] = dashboard
     before = {p.pid for p in psutil.Process().children()}
     ray.init(address=address or None, ignore_reinit_error=True, **init_kwargs)  # type: ignore[arg-type]
     started = [p.pid for p in psutil.Process().children() if p.pid not in before]

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -37,6 +38,7 @@ def test_validate_accepts_a_runnable_spec(prompt_spec):
     assert proc.stdout.startswith("ok:")
 
 
+@pytest.mark.slow
 def test_validate_reports_every_problem_with_its_key_path(prompt_spec, tmp_path: Path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -110,6 +112,13 @@ def test_run_inspect_rerun_and_resume_report_exactly_what_each_run_did(prompt_sp
     assert "committed and kept, 3 to run (3 of them committed before but stale)" in plan
 
 
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 def _images_by_key(out: Path) -> dict[str, bytes]:
     rows = {}
     for shard in sorted((out / "parquet").glob("*.parquet")):
@@ -123,8 +132,6 @@ def _images_by_key(out: Path) -> dict[str, bytes]:
 def test_a_sigkilled_driver_leaves_no_ray_behind_and_resumes_to_exactly_the_full_set(
     prompt_spec, tmp_path: Path
 ):
-    import psutil
-
     slow = {
         "steps": 30
     }  # units a second or more apart, so that the kill lands between commits even under load
@@ -136,18 +143,20 @@ def test_a_sigkilled_driver_leaves_no_ray_behind_and_resumes_to_exactly_the_full
     spec = prompt_spec(n_prompts=12, shard_size=2, output="killed", model=slow)
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs", "run", str(spec), "--quiet"],
+        [sys.executable, "-m", "jobs", "run", str(spec), "--quiet", "--dashboard"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list((out / "_units").glob("*.json"))) < 2:
         time.sleep(0.05)
     descendants = psutil.Process(proc.pid).children(recursive=True)
+    dashboards = [p for p in descendants if "dashboard/dashboard.py" in " ".join(_cmdline(p))]
     committed_before_kill = len(list((out / "_units").glob("*.json")))
     os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
     proc.wait()
     assert 2 <= committed_before_kill < 6, "the kill must land mid-run"
     assert any("raylet" in p.name() for p in descendants if p.is_running()), "the driver started a local Ray"
+    assert dashboards, "--dashboard started the local Ray's dashboard"
     _, alive = psutil.wait_procs(descendants, timeout=60)
     alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"the local Ray outlived its driver: {[(p.pid, p.name()) for p in alive]}"
@@ -179,6 +188,7 @@ def test_jobs_api_commands_fail_clearly_when_the_head_is_unreachable(prompt_spec
 # --- one clear line for every failure that can be known before work starts -----------------------------------
 
 
+@pytest.mark.slow
 def test_a_cluster_too_small_for_the_job_is_one_line_before_any_work(prompt_spec):
     proc = cli("run", str(prompt_spec()), "--set", "resources.cpus_per_actor=64", check=False)
     assert proc.returncode == 2, proc.stderr
@@ -208,6 +218,7 @@ def damaged_checkpoint(tiny_models: tuple[Path, Path], tmp_path: Path):
     ],
     ids=["truncated-weights", "no-sample-size", "unparseable-config", "missing-weights"],
 )  # fmt: skip
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_named_by_validate_and_run(prompt_spec, damaged_checkpoint, damage, message):
     damage(damaged_checkpoint)
     spec = prompt_spec(model={"checkpoint": str(damaged_checkpoint), "mode": "t2i", "steps": 2})
@@ -238,6 +249,7 @@ def test_a_uri_with_credentials_is_refused_without_echoing_them(prompt_spec):
     assert "wJalrXUtnFEMIsecret" not in proc.stderr + proc.stdout and "AKIDEXAMPLE" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_an_unreachable_location_is_named(prompt_spec):
     proc = cli(
         "validate", str(prompt_spec()), "--set", "model.checkpoint=s3://bucket/models/ckpt",

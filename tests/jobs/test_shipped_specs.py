@@ -48,11 +48,13 @@ def spec_buckets(s3_endpoint: str, tiny_models) -> None:
 
 
 @pytest.mark.parametrize("name", CLUSTER_SPECS)
+@pytest.mark.slow
 def test_shipped_cluster_spec_validates(spec_buckets, name: str):
     proc = cli("validate", str(ROOT / "jobs" / "specs" / name))
     assert proc.stdout.startswith("ok:"), proc.stdout
 
 
+@pytest.mark.slow
 def test_kuberay_configmap_spec_validates(spec_buckets, tmp_path: Path):
     configmap = yaml.safe_load((ROOT / "infra" / "kuberay" / "job-spec-configmap.yaml").read_text())
     spec = tmp_path / "job.yaml"
@@ -60,6 +62,7 @@ def test_kuberay_configmap_spec_validates(spec_buckets, tmp_path: Path):
     assert cli("validate", str(spec)).stdout.startswith("ok:")
 
 
+@pytest.mark.slow
 def test_validator_notices_a_missing_bucket_object(spec_buckets):
     proc = cli("validate", str(ROOT / "jobs" / "specs" / "synthetic-t2i.yaml"),
                "--set", "input.uri=s3://my-bucket/nothing-here/*.jsonl", check=False)  # fmt: skip

@@ -98,6 +98,7 @@ def counting_stage(record_dir: str) -> type[GenerateStage]:
     return CountingStage
 
 
+@pytest.mark.slow
 def test_head_scores_reach_every_output_and_their_bounds_reject_with_every_reason(models, tmp_path: Path):
     """Two heads and a prompt blocklist on one job; then one head's weights change and its units are redone.
     A head named ``unsafe`` writes LAION's ``punsafe`` column by default."""
@@ -165,6 +166,7 @@ def test_head_scores_reach_every_output_and_their_bounds_reject_with_every_reaso
         assert row["aesthetic"] == pytest.approx(head_score(row["img_emb"], weight=10.0, bias=4.0), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_input_heads_reject_captioning_inputs_before_any_model_work(models, tmp_path: Path):
     unsafe = linear_head(tmp_path / "heads" / "unsafe", weight=8.0, bias=0.0, output="probability")
     config = make_config(
@@ -186,6 +188,7 @@ def test_input_heads_reject_captioning_inputs_before_any_model_work(models, tmp_
     assert all(r["punsafe"] <= 0.32 for r in read(tmp_path / "out", "parquet"))
 
 
+@pytest.mark.slow
 def test_a_non_finite_score_makes_an_error_row(models, tmp_path: Path):
     broken = linear_head(tmp_path / "heads" / "aesthetic", weight=float("nan"), bias=0.0)
     config = make_config(models, tmp_path, heads=[{"name": "aesthetic", "kind": "mlp", "uri": str(broken)}])

@@ -184,6 +184,7 @@ def _key_of(written: dict[str, dict], scene: str) -> str:
     return next(k for k, row in written.items() if SCENE.search(row["prompt"]).group(1) == scene)
 
 
+@pytest.mark.slow
 def test_exact_input_duplicates_are_rejected_before_generation_and_stay_on_resume(models, tmp_path: Path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("scene 1\nscene 2\nScene   1\nscene 3\nscene 2\n")  # normalised: lines 2 and 4 repeat
@@ -238,6 +239,7 @@ def test_records_close_to_a_reference_set_on_s3_are_rejected(
     assert_accounted(out, 3)
 
 
+@pytest.mark.slow
 def test_bad_references_are_refused_before_work_and_a_lost_one_leaves_units_as_they_were(
     models, tmp_path: Path
 ):

@@ -118,6 +118,7 @@ def crash_once_stage(flag_dir: str, crash_unit: int) -> type[GenerateStage]:
     return CrashOnceStage
 
 
+@pytest.mark.slow
 def test_generate_actor_crash_is_retried_without_duplicates(checkpoint: str, tmp_path: Path) -> None:
     lines = [f"prompt number {i}" for i in range(10)] + [""]
     keys = write_prompts(tmp_path / "p.txt", lines)
@@ -244,6 +245,7 @@ def failing_encoder_stage(poison: str) -> type[GenerateStage]:
     return FailingEncoderStage
 
 
+@pytest.mark.slow
 def test_engine_failures_on_some_records_become_error_rows(checkpoint: str, tmp_path: Path) -> None:
     lines = ["a red circle", "POISON one", "a blue square", "a green star", "POISON two", "a grey moon"]
     keys = write_prompts(tmp_path / "p.txt", lines)
@@ -283,6 +285,7 @@ def raising_engine_stage(poison: str) -> type[GenerateStage]:
     return RaisingEngineStage
 
 
+@pytest.mark.slow
 def test_engine_that_raises_for_a_batch_yields_error_rows_not_a_crashed_job(
     checkpoint: str, tmp_path: Path
 ) -> None:
@@ -338,6 +341,7 @@ def slow_recording_stage(record_dir: str, delay_s: float) -> type[GenerateStage]
     return SlowRecordingStage
 
 
+@pytest.mark.slow
 def test_units_are_committed_while_later_units_are_still_generated(checkpoint: str, tmp_path: Path) -> None:
     """The writers are actors with their CPUs reserved, so a unit is committed as soon as it is judged: the
     first commit lands long before the last unit is generated (before, every write waited for the end)."""
@@ -356,6 +360,7 @@ def test_units_are_committed_while_later_units_are_still_generated(checkpoint: s
     assert_each_key_once(outcome_keys(out), keys)
 
 
+@pytest.mark.slow
 def test_preprocess_is_never_fused_into_the_engine_actors(checkpoint: str, tmp_path: Path) -> None:
     """Read + preprocess run as tasks of their own (fused with each other), the engine as its own actor pool:
     decoding must never hold a GPU actor. Proved from the operators Ray Data ran."""
@@ -370,6 +375,7 @@ def test_preprocess_is_never_fused_into_the_engine_actors(checkpoint: str, tmp_p
 # --- a file that cannot be read keeps the key the plan gave it -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_unreadable_file_keeps_its_planned_key(checkpoint: str, tmp_path: Path) -> None:
     """A dangling symlink ``x.png`` beside a valid ``x-000000000.png``: its error row is keyed ``x``, as
     planned (before, ``x-000000000``: the other file's key, written twice with exit 0)."""

@@ -48,6 +48,7 @@ def formats_of(planned) -> set[str]:
 # --- img2dataset's three layouts ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_img2dataset_layouts_give_the_same_records_and_keys(tmp_path: Path) -> None:
     urls = corpus(12, failed=FAILED)
     keys = {}

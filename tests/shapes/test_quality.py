@@ -51,6 +51,7 @@ def _measure(split: str) -> dict:
 
 
 @pytest.mark.parametrize("split", sorted(MEASURED))
+@pytest.mark.slow
 def test_judges_are_exact_on_the_ground_truth(split: str):
     reference_scores = _measure(split)["reference"]
     assert reference_scores["detector_on_real_images"] == 1.0

@@ -31,6 +31,7 @@ def _names(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_layout_is_the_tiny_checkpoint_layout_plus_the_scorer(quick: Path, tmp_path: Path):
     tiny = write_tiny_checkpoint(tmp_path / "tiny")
     for name in COMPONENTS:
@@ -92,6 +93,7 @@ def test_tokenizers_are_word_level_and_load_from_vocab_and_merges(quick: Path, t
     CLIPModel.from_pretrained(quick / "clip")  # the scorer loads as the pipeline loads it
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(quick: Path, tmp_path: Path):
     assert main(["--out", str(tmp_path / "again"), "--seed", "0", "--quick"]) == 0
     for part in ("unet", "text_decoder"):

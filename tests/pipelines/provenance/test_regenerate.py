@@ -89,6 +89,7 @@ def key_of(out: Path, folder: str, prompt: str) -> str:
     return next(k for k, row in rows(out, folder).items() if row["prompt"] == prompt)
 
 
+@pytest.mark.slow
 def test_written_records_of_both_units_are_regenerated_bitwise(t2i_output: Path, capsys) -> None:
     written = rows(t2i_output, "parquet")
     first, second = (
@@ -213,6 +214,7 @@ def test_an_image_variation_needs_its_input_corpus() -> None:
         regenerate_record(stored)
 
 
+@pytest.mark.slow
 def test_a_joint_record_regenerates_its_image_and_caption(joint_output: Path) -> None:
     written = rows(joint_output, "parquet")
     assert len(written) == 3

@@ -98,6 +98,7 @@ def _pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+@pytest.mark.slow
 def test_a_fresh_job_output_verifies(job_output: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", str(job_output)]) == 0
     line = capsys.readouterr().out.splitlines()[0]
