@@ -20,7 +20,7 @@ from pipelines.run import run_pipeline
 from pipelines.writers.wids_index import write_wids_index
 from unidiffuser.tiny import write_tiny_checkpoint
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # each module runs jobs
 
 RESOURCES = {
     "cpus_per_actor": 0.5,
@@ -67,7 +67,6 @@ def written(out: Path) -> list[dict]:
     return [row for f in sorted((out / "parquet").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
 
 
-@pytest.mark.slow
 def test_three_layouts_give_the_same_outputs_under_img2datasets_keys(outputs: dict[str, Path]) -> None:
     seen = {}
     for layout, out in outputs.items():
@@ -140,7 +139,6 @@ def test_a_job_output_is_planned_from_its_markers(outputs: dict[str, Path]) -> N
     assert parquet_only.num_records == len(rows)
 
 
-@pytest.mark.slow
 def test_resume_keeps_units_across_both_ways_of_planning(checkpoint: str, tmp_path: Path) -> None:
     write_corpus(tmp_path / "in", URLS, layout="webdataset", per_shard=4)
     first = run_pipeline(config(checkpoint, str(tmp_path / "in"), tmp_path / "out"), progress=False)

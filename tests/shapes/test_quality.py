@@ -62,6 +62,7 @@ def test_judges_are_exact_on_the_ground_truth(split: str):
 @pytest.mark.parametrize(
     ("split", "metric"), [(split, metric) for split in sorted(MEASURED) for metric in sorted(MEASURED[split])]
 )
+@pytest.mark.slow  # every mode on 24 samples of each split: about 45 s
 def test_quality_above_the_regression_floor(split: str, metric: str):
     got, was = _measure(split)[metric], MEASURED[split][metric]
     assert got >= floor(metric, was), (

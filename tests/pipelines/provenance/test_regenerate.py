@@ -24,7 +24,7 @@ from shapes.photos import photo_like
 from unidiffuser.checkpoint import checkpoint_identity
 from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # each module runs jobs
 
 RESOURCES = {"cpus_per_actor": 0.5, "clip_cpus_per_actor": 0.5, "writer_cpus": 0.5, "preprocess_cpus": 0.5}
 PROMPTS = ["a red circle", "a blue square", "", "a green triangle", "a forbidden star", "a yellow ring"]
@@ -89,7 +89,6 @@ def key_of(out: Path, folder: str, prompt: str) -> str:
     return next(k for k, row in rows(out, folder).items() if row["prompt"] == prompt)
 
 
-@pytest.mark.slow
 def test_written_records_of_both_units_are_regenerated_bitwise(t2i_output: Path, capsys) -> None:
     written = rows(t2i_output, "parquet")
     first, second = (
@@ -214,7 +213,6 @@ def test_an_image_variation_needs_its_input_corpus() -> None:
         regenerate_record(stored)
 
 
-@pytest.mark.slow
 def test_a_joint_record_regenerates_its_image_and_caption(joint_output: Path) -> None:
     written = rows(joint_output, "parquet")
     assert len(written) == 3
@@ -225,7 +223,6 @@ def test_a_joint_record_regenerates_its_image_and_caption(joint_output: Path) ->
     assert (result.width, result.height) == (64, 64)
 
 
-@pytest.mark.slow
 def test_an_i2t_caption_is_regenerated_from_the_kept_input_image(
     models: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -252,7 +249,6 @@ def test_an_i2t_caption_is_regenerated_from_the_kept_input_image(
         assert result.regenerated_caption == row["generated_caption"] is not None
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     not (SHAPES_CHECKPOINT / "model_index.json").exists(), reason="demo model not checked out"
 )

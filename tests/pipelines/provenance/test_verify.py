@@ -29,7 +29,7 @@ from unidiffuser import Result
 from unidiffuser.marks.marking import mark_image, read_marks
 from unidiffuser.tiny import write_tiny_checkpoint
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # each module runs jobs
 
 RESOURCES = {"cpus_per_actor": 0.5, "clip_cpus_per_actor": 0.5, "writer_cpus": 0.5, "preprocess_cpus": 0.5}
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]  # 2 units of 2
@@ -98,7 +98,6 @@ def _pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-@pytest.mark.slow
 def test_a_fresh_job_output_verifies(job_output: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", str(job_output)]) == 0
     line = capsys.readouterr().out.splitlines()[0]
@@ -304,7 +303,6 @@ def signed_output(
     return out
 
 
-@pytest.mark.slow
 def test_a_watermarked_signed_job_verifies_against_its_root(
     signed_output: Path, pem_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -320,7 +318,6 @@ def test_a_watermarked_signed_job_verifies_against_its_root(
     assert all(i.watermark == "ok" and i.watermark_match == 1.0 for i in report.images)
 
 
-@pytest.mark.slow
 def test_a_missing_watermark_or_manifest_fails_naming_the_record(
     signed_output: Path, job_output: Path, tmp_path: Path, pem_files: dict[str, Path]
 ) -> None:
