@@ -17,7 +17,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from pipelines.heads.base import HeadError
 
@@ -54,6 +53,10 @@ class ImageClassifierHead:
         device: str | torch.device = "cpu",
         batch_size: int = 32,
     ):
+        # transformers' image classes are imported here, not with the module: validating a spec reads the
+        # label names below (``model_labels``) and should not pay for importing them
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
         kwargs: dict[str, Any] = {"local_files_only": True}
         if not (folder / "config.json").is_file():
             raise HeadError(
