@@ -11,12 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from pipelines import records as r
-from pipelines.writers.dataset_card import edge_labels
+from pipelines.writers.dataset_card import edge_labels, score_histogram
 from pipelines.writers.summary import SUMMARY_FILE, outcome_line
 from unidiffuser.locations import open_location, redact
 
@@ -64,12 +63,12 @@ def score_columns(summary: Mapping[str, Any]) -> list[str]:
 
 def histogram(values: Sequence[float | None], bins: int = 8) -> list[str]:
     """Text bars of the finite values (or a line saying there are none)."""
-    scores = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
-    if scores.size == 0:
+    found = score_histogram(values, bins)
+    if found is None:
         return ["  (no scores)"]
-    counts, edges = np.histogram(scores, bins=bins)
-    peak = max(int(counts.max()), 1)
-    labels = edge_labels(edges.tolist())
+    edges, counts = found
+    peak = max(max(counts), 1)
+    labels = edge_labels(edges)
     width = max(9, *map(len, labels))
     return [
         f"  {lo:>{width}} .. {hi:>{width}} | {'#' * round(30 * c / peak)} {c}"

@@ -70,13 +70,23 @@ def edge_labels(edges: Sequence[float]) -> list[str]:
     return labels
 
 
+def score_histogram(values: Sequence[float | None], bins: int) -> tuple[list[float], list[int]] | None:
+    """(bin edges, counts) of the finite values over ``bins`` bins; None when there are none. A written row's
+    scores are finite (a non-finite score makes an error row), but a histogram never fails on one that is not."""
+    finite = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if finite.size == 0:
+        return None
+    counts, edges = np.histogram(finite, bins=bins)
+    return [float(e) for e in edges], [int(c) for c in counts]
+
+
 def score_histograms(
     uri: str, columns: Sequence[str], storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, tuple[list[float], list[int]]]:
     """Per score column of the written records: (bin edges, counts) over ``HISTOGRAM_BINS`` bins. Reads only
     those columns of the parquet shards."""
     fs, root = storage.open_filesystem(uri, storage_options)
-    values: dict[str, list[float]] = {c: [] for c in columns}
+    values: dict[str, list[float | None]] = {c: [] for c in columns}
     folder = storage.join(root, PARQUET_DIR)
     fs.invalidate_cache(folder)
     for path in sorted(fs.glob(f"{folder}/*.parquet")):
@@ -85,12 +95,12 @@ def score_histograms(
             present = [c for c in columns if c in file.schema_arrow.names]
             table = file.read(columns=present)
         for column in present:
-            values[column] += [v for v in table.column(column).to_pylist() if v is not None]
+            values[column] += table.column(column).to_pylist()
     found = {}
     for column, scores in values.items():
-        if scores:
-            counts, edges = np.histogram(np.asarray(scores, np.float64), bins=HISTOGRAM_BINS)
-            found[column] = ([float(e) for e in edges], [int(c) for c in counts])
+        histogram = score_histogram(scores, HISTOGRAM_BINS)
+        if histogram is not None:
+            found[column] = histogram
     return found
 
 

@@ -12,7 +12,7 @@ from huggingface_hub import DatasetCard
 from test_writers import unit_frame
 
 from pipelines.config import PipelineConfig
-from pipelines.writers.dataset_card import CARD_FILE, edge_labels, write_dataset_card
+from pipelines.writers.dataset_card import CARD_FILE, edge_labels, score_histogram, write_dataset_card
 from pipelines.writers.summary import RunWork, write_summary
 from pipelines.writers.unit_writer import OutputSpec, write_unit
 
@@ -89,3 +89,10 @@ def test_edge_labels_stay_distinct_for_scores_near_zero() -> None:
     assert len(set(labels)) == len(labels) == 9
     assert [float(label) for label in labels] == pytest.approx(edges, abs=1e-6)
     assert edge_labels([0.25, 0.5, 0.75]) == ["+0.250", "+0.500", "+0.750"]  # three places where they do
+
+
+def test_histograms_count_the_finite_scores_only() -> None:
+    """The card and ``inspect`` bin the same way: None, NaN and inf are left out, not a failure."""
+    edges, counts = score_histogram([0.1, None, float("nan"), 0.3, float("inf"), 0.2], bins=2)
+    assert counts == [1, 2] and edges == pytest.approx([0.1, 0.2, 0.3])
+    assert score_histogram([None, float("nan"), float("-inf")], bins=4) is None
