@@ -41,8 +41,12 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from unidiffuser.clip_embedder import ClipEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "models" / "unidiffuser-shapes"
@@ -112,47 +116,7 @@ def resized(image: np.ndarray, side: int = 48) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BICUBIC))
 
 
-class Embedder:
-    """The checkpoint's CLIP, used as the pipeline's scorer uses it."""
-
-    def __init__(self, path: Path):
-        import torch
-        from transformers import CLIPModel
-
-        from unidiffuser.clip_processor import load_clip_processor
-
-        self.torch = torch
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
-        self.processor = load_clip_processor(path)
-
-    def _normalise(self, output) -> np.ndarray:
-        features = (output if isinstance(output, self.torch.Tensor) else output.pooler_output).float()
-        return (features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).numpy()
-
-    def images(self, images: list[np.ndarray]) -> np.ndarray:
-        from PIL import Image
-
-        out = []
-        with self.torch.no_grad():
-            for s in range(0, len(images), 64):
-                inputs = self.processor(
-                    images=[Image.fromarray(i) for i in images[s : s + 64]], return_tensors="pt"
-                )
-                out.append(self._normalise(self.model.get_image_features(**inputs)))
-        return np.concatenate(out)
-
-    def texts(self, texts: list[str]) -> np.ndarray:
-        out = []
-        with self.torch.no_grad():
-            for s in range(0, len(texts), 64):
-                inputs = self.processor(
-                    text=texts[s : s + 64], return_tensors="pt", padding=True, truncation=True
-                )
-                out.append(self._normalise(self.model.get_text_features(**inputs)))
-        return np.concatenate(out)
-
-
-def image_records(world, scenes: list, groups: int, embedder: Embedder) -> Records:
+def image_records(world, scenes: list, groups: int, embedder: ClipEmbedder) -> Records:
     from shapes.world import render
 
     rng = np.random.default_rng(0)
@@ -174,7 +138,7 @@ def image_records(world, scenes: list, groups: int, embedder: Embedder) -> Recor
     return Records(kinds, np.array(group_of), np.array(scene_of), embedder.images(images), images)
 
 
-def text_records(world, scenes: list, groups: int, embedder: Embedder) -> Records:
+def text_records(world, scenes: list, groups: int, embedder: ClipEmbedder) -> Records:
     kinds, group_of, scene_of, texts = [], [], [], []
     for g, scene in enumerate(scenes):
         captions = list(dict.fromkeys(world.caption(scene, v) for v in range(12)))
@@ -186,7 +150,7 @@ def text_records(world, scenes: list, groups: int, embedder: Embedder) -> Record
     return Records(kinds, np.array(group_of), np.array(scene_of), embedder.texts(texts))
 
 
-def sample_records(world, scenes: list, prompts: int, samples: int, embedder: Embedder) -> Records:
+def sample_records(world, scenes: list, prompts: int, samples: int, embedder: ClipEmbedder) -> Records:
     """``samples`` images drawn by the real engine from each of ``prompts`` prompts (captions of scenes)."""
     from unidiffuser import UniDiffuserEngine
 
@@ -307,6 +271,7 @@ def record_level(records: Records, threshold: float, max_hamming: int | None = N
 def quality(args: argparse.Namespace) -> dict:
     from pipelines.dedup import defaults
     from shapes.world import ShapesWorld
+    from unidiffuser.clip_embedder import ClipEmbedder
 
     image_t = args.image_threshold or defaults.IMAGE_THRESHOLD
     text_t = args.text_threshold or defaults.TEXT_THRESHOLD
@@ -314,7 +279,7 @@ def quality(args: argparse.Namespace) -> dict:
     report = json.loads((CHECKPOINT / "training_report.json").read_text())
     world = ShapesWorld(report.get("seed", 0))
     scenes = distinct_scenes(world, args.scenes)
-    embedder = Embedder(CHECKPOINT / "clip")
+    embedder = ClipEmbedder(CHECKPOINT / "clip", batch_size=64)
     started = time.monotonic()
     images = image_records(world, scenes, args.groups, embedder)
     texts = text_records(world, scenes, args.groups, embedder)

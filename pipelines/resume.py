@@ -15,7 +15,7 @@ from typing import Any
 from pipelines.blocklist import Blocklist
 from pipelines.config import PipelineConfig
 from pipelines.dedup.inputs import InputDuplicates
-from pipelines.heads.load import head_identity
+from pipelines.heads.identity import head_identity
 from pipelines.readers import PlannedInput, Unit
 from pipelines.writers.commit import committed_units
 from pipelines.writers.unit_writer import retire_unit

@@ -21,46 +21,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from transformers import CLIPModel
 
 from shapes.clip import roc_auc
 from shapes.detector import detect, matches
 from shapes.world import Scene, ShapesWorld, parse_caption
 from unidiffuser import EngineConfig, UniDiffuserEngine, load_components, resolve_checkpoint
-from unidiffuser.clip_processor import load_clip_processor
+from unidiffuser.clip_embedder import ClipEmbedder
 from unidiffuser.components import Components
 
 MODES = ("i2t", "t2i", "joint", "i2t2i", "t2i2t")
 
 
 class ClipScorer:
-    """The checkpoint's CLIP scorer, used as the pipeline's scorer uses it (processor, projected features)."""
+    """The checkpoint's CLIP scorer: the pipeline's own embedder (``unidiffuser.clip_embedder``), so a score
+    here is the score a job gives."""
 
     def __init__(self, path: str | Path, device: str = "cpu"):
-        self.device = torch.device(device)
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
-        self.processor = load_clip_processor(path)
+        self.embedder = ClipEmbedder(path, device)
 
-    @torch.no_grad()
     def scores(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> torch.Tensor:
         """Cosine similarities (len(images), len(texts))."""
-        tokens = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
-        image = torch.from_numpy(self.image_embeddings(images, batch_size=max(1, len(images))))
-        text = _normalise(_features(self.model.get_text_features(**tokens.to(self.device))))
-        return image @ text.T
+        image = self.image_embeddings(images, batch_size=max(1, len(images)))
+        text = self.embedder.texts(texts, batch_size=max(1, len(texts)))
+        return torch.from_numpy(image @ text.T)
 
-    @torch.no_grad()
     def image_embeddings(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """L2-normalised image embeddings (n, projection_dim) float32, computed as the pipeline's score stage
-        computes them: the folder's processor, ``get_image_features``, ``batch_size`` images per forward."""
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            part = [Image.fromarray(i) for i in images[start : start + batch_size]]
-            pixels = self.processor(images=part, return_tensors="pt").to(self.device)
-            chunks.append(_normalise(_features(self.model.get_image_features(**pixels))))
-        dim = self.model.config.projection_dim
-        return torch.cat(chunks).numpy() if chunks else np.zeros((0, dim), np.float32)
+        """L2-normalised image embeddings (n, projection_dim) float32, ``batch_size`` images per forward."""
+        return self.embedder.images(images, batch_size=batch_size)
 
     def auc(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> float:
         """Matched (image i, text i) against shuffled (image i, text i + n/2) pairs."""
@@ -69,15 +56,6 @@ class ClipScorer:
             return float("nan")
         sims = self.scores(images, texts)
         return roc_auc(sims.diagonal(), sims[torch.arange(n), (torch.arange(n) + n // 2) % n])
-
-
-def _features(output) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-def _normalise(features: torch.Tensor) -> torch.Tensor:
-    features = features.float()
-    return (features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu()
 
 
 @dataclass

@@ -19,7 +19,7 @@ _EXPORTS = {
     "UniDiffuserEngine": "unidiffuser.engine",
     "InputError": "unidiffuser.inputs",
     "prepare_image": "unidiffuser.inputs",
-    "derive_seed": "unidiffuser.noise",
+    "derive_seed": "unidiffuser.seeds",
     "Result": "unidiffuser.results",
     "write_tiny_checkpoint": "unidiffuser.tiny",
 }

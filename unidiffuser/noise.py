@@ -6,7 +6,6 @@ All sampling code draws through a ``NoiseSource`` so tests can record or script 
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 import torch
@@ -39,9 +38,3 @@ class RecordNoise:
         sub = RecordNoise([], self.device, self.dtype)
         sub.generators = [self.generators[i] for i in indices]
         return sub
-
-
-def derive_seed(job_seed: int, key: str) -> int:
-    """A record's seed from the job seed and the record's key: stable across runs, machines and batchings."""
-    digest = hashlib.sha256(f"{job_seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF

@@ -28,7 +28,7 @@ _EXPORTS = {
     "bad_score_reason": "pipelines.heads.bounds",
     "bad_scores": "pipelines.heads.bounds",
     "bound_reasons": "pipelines.heads.bounds",
-    "head_identity": "pipelines.heads.load",
+    "head_identity": "pipelines.heads.identity",
     "load_head": "pipelines.heads.load",
     "MLPHeadConfig": "pipelines.heads.mlp",
     "build_mlp": "pipelines.heads.mlp",

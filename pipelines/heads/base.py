@@ -10,14 +10,16 @@ computed (see ``pipelines.heads.bounds.bad_scores``). ``identity`` is the versio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
+
+# torch loads with a head's weights, not with this interface (a job's driver never needs it)
+if TYPE_CHECKING:
+    import torch
 
 HeadInput = Literal["embedding", "image"]
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 
 
 class HeadError(ValueError):
@@ -64,6 +66,9 @@ def read_state_dict(path: Path) -> StateDict:
     """A torch state dict from a ``.safetensors`` file or a pickled ``.pth`` / ``.pt`` / ``.bin`` one (read
     with ``weights_only``: tensors only, no code). A pickled checkpoint that wraps it under ``state_dict`` is
     unwrapped."""
+    import torch
+    from safetensors.torch import load_file
+
     try:
         if path.suffix == ".safetensors":
             return load_file(path)

@@ -11,20 +11,12 @@ import torch
 
 from pipelines.heads.base import HeadError, ScoreHead
 from pipelines.heads.classifier import ImageClassifierHead
+from pipelines.heads.identity import head_identity
 from pipelines.heads.laion import load_laion_head
 from pipelines.heads.mlp import load_mlp_head
 from pipelines.heads.spec import HeadSpec
 from unidiffuser import CheckpointError, resolve_checkpoint
-from unidiffuser.checkpoint import CheckpointChangedError, checkpoint_identity
-
-
-def head_identity(spec: HeadSpec, storage_options: dict[str, Any] | None = None) -> str:
-    """The version of a head's files (one listing, nothing copied): take it when a job is planned and pass it
-    to ``load_head`` in every actor, so a head replaced during the job fails it instead of mixing versions."""
-    try:
-        return checkpoint_identity(spec.uri, storage_options=storage_options)
-    except CheckpointError as exc:
-        raise HeadError(f"head {spec.name!r}: no head folder at {spec.uri}") from exc
+from unidiffuser.checkpoint import CheckpointChangedError
 
 
 def load_head(

@@ -11,13 +11,12 @@ import json
 import logging
 
 import pandas as pd
-import torch
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
 from pipelines.pixels import from_bytes, to_bytes
-from unidiffuser import EngineConfig, Mode, Result, UniDiffuserEngine
-from unidiffuser.config import ModeInput
+from unidiffuser.config import EngineConfig, Mode, ModeInput
+from unidiffuser.results import Result
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,12 @@ class GenerateStage:
 
     def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
         """``checkpoint_identity`` pins the checkpoint version the job was planned with."""
+        # torch and the engine (diffusers, transformers) load in the actor: the driver that plans the job
+        # imports this class, never the model
+        import torch
+
+        from unidiffuser.engine import UniDiffuserEngine
+
         self.config = config
         if config.device == "cpu":
             torch.set_num_threads(config.resources.engine_threads)  # a CPU record's output depends on it

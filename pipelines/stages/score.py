@@ -15,73 +15,48 @@ its record an error row with the reason, never a crash.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image
-from transformers import CLIPModel
 
 from pipelines import records as r
 from pipelines.config import PipelineConfig
 from pipelines.heads.base import ImageHead, ScoreHead
 from pipelines.heads.bounds import bad_score_reason
-from pipelines.heads.load import load_head
 from pipelines.heads.spec import HeadSpec
 from pipelines.pixels import from_bytes
 from pipelines.stages.filter import FilterSpec, filter_batch
 from pipelines.stages.watermark import WatermarkSpec, watermark_batch
-from unidiffuser import Mode, resolve_checkpoint
-from unidiffuser.clip_processor import load_clip_processor
+from unidiffuser.checkpoint import resolve_checkpoint
+from unidiffuser.config import Mode
+
+# the models (torch, transformers) load in the actors; the driver imports these classes only
+if TYPE_CHECKING:
+    from unidiffuser.clip_embedder import ClipEmbedder
 
 
-class ClipEmbedder:
-    """A CLIP model on one device: L2-normalised image and text embeddings in batches."""
+def _clip_embedder(config: PipelineConfig, identity: str | None, device: str) -> ClipEmbedder:
+    """The job's CLIP model on ``device``, at the version it was planned with (``identity``)."""
+    from unidiffuser.clip_embedder import ClipEmbedder
 
-    def __init__(self, config: PipelineConfig, identity: str | None, device: torch.device):
-        """``identity`` pins the CLIP model version the job was planned with."""
-        path = resolve_checkpoint(
-            config.clip.model, storage_options=config.storage.storage_options(), identity=identity
-        )
-        self.device = device
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
-        self.processor = load_clip_processor(path)
-        self.batch_size = config.clip.batch_size
-
-    @torch.no_grad()
-    def images(self, images: list[np.ndarray]) -> np.ndarray:
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            part = [Image.fromarray(i) for i in images[start : start + self.batch_size]]
-            inputs = self.processor(images=part, return_tensors="pt").to(self.device)
-            chunks.append(_features(self.model.get_image_features(**inputs)))
-        return _normalise(torch.cat(chunks)) if chunks else np.zeros((0, 0), np.float32)
-
-    @torch.no_grad()
-    def texts(self, texts: list[str]) -> np.ndarray:
-        """One row per text; a text repeated in the batch (samples of one prompt) is encoded once."""
-        unique = list(dict.fromkeys(texts))
-        chunks = []
-        for start in range(0, len(unique), self.batch_size):
-            inputs = self.processor(
-                text=unique[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-            ).to(self.device)
-            chunks.append(_features(self.model.get_text_features(**inputs)))
-        if not chunks:
-            return np.zeros((0, 0), np.float32)
-        row_of = {text: row for row, text in enumerate(unique)}
-        return _normalise(torch.cat(chunks))[[row_of[text] for text in texts]]
+    if config.clip.model is None:  # the spec's validation requires it wherever a stage embeds
+        raise ValueError("clip.model is not set: CLIP embeddings need a CLIP model folder")
+    path = resolve_checkpoint(
+        config.clip.model, storage_options=config.storage.storage_options(), identity=identity
+    )
+    return ClipEmbedder(path, device, batch_size=config.clip.batch_size)
 
 
 class HeadScorer:
     """The job's score heads of one side (output or input images), loaded once per actor at the versions the
     job was planned with."""
 
-    def __init__(self, specs: list[HeadSpec], identities: Mapping[str, str], config: PipelineConfig, device):
+    def __init__(
+        self, specs: list[HeadSpec], identities: Mapping[str, str], config: PipelineConfig, device: str
+    ):
+        from pipelines.heads.load import load_head
+
         options = config.storage.storage_options()
         self.specs = specs
         self.heads = [
@@ -122,8 +97,8 @@ class HeadScorer:
         return out
 
 
-def _device(gpus: float) -> torch.device:
-    return torch.device("cuda" if gpus > 0 else "cpu")
+def _device(gpus: float) -> str:
+    return "cuda" if gpus > 0 else "cpu"
 
 
 class ClipScoreStage:
@@ -139,7 +114,7 @@ class ClipScoreStage:
         """``identity`` / ``head_identities`` pin the CLIP model and heads versions the job was planned with;
         ``watermark`` is embedded in the generated images first, so they are judged as they are written."""
         device = _device(config.resources.clip_gpus_per_actor)
-        self.clip = ClipEmbedder(config, identity, device)
+        self.clip = _clip_embedder(config, identity, device)
         self.heads = HeadScorer(config.curation.heads_for("output"), head_identities or {}, config, device)
         self.mode = config.model.mode
         self.watermark = watermark
@@ -204,7 +179,7 @@ class InputJudgeStage:
     ):
         device = _device(config.resources.clip_gpus_per_actor)
         self.heads = HeadScorer(config.curation.heads_for("input"), head_identities or {}, config, device)
-        self.clip = ClipEmbedder(config, identity, device) if self.heads.needs_embeddings else None
+        self.clip = _clip_embedder(config, identity, device) if self.heads.needs_embeddings else None
         self.bounds = FilterSpec.of(config, "input")
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -213,13 +188,3 @@ class InputJudgeStage:
         pixels = [from_bytes(batch[r.PIXELS].iloc[i]) for i in rows]
         embeddings = self.clip.images(pixels) if self.clip is not None and rows else None
         return filter_batch(self.heads.score(batch, rows, pixels, embeddings), self.bounds)
-
-
-def _features(output: torch.Tensor | Any) -> torch.Tensor:
-    """transformers 5 returns the projected features as ``pooler_output``; older versions a tensor."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-def _normalise(features: torch.Tensor) -> np.ndarray:
-    features = features.float()
-    return (features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
