@@ -30,7 +30,7 @@ _EXPORTS = {
     "bound_reasons": "pipelines.heads.bounds",
     "head_identity": "pipelines.heads.identity",
     "load_head": "pipelines.heads.load",
-    "MLPHeadConfig": "pipelines.heads.mlp",
+    "MLPHeadConfig": "pipelines.heads.mlp_config",
     "build_mlp": "pipelines.heads.mlp",
     "save_mlp_head": "pipelines.heads.mlp",
     "clip_embedding_dim": "pipelines.heads.remote",

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pipelines.heads.base import HeadError
+
+if TYPE_CHECKING:
+    import torch
 
 MULTI_LABEL = "multi_label_classification"
 
@@ -53,8 +55,9 @@ class ImageClassifierHead:
         device: str | torch.device = "cpu",
         batch_size: int = 32,
     ):
-        # transformers' image classes are imported here, not with the module: validating a spec reads the
-        # label names below (``model_labels``) and should not pay for importing them
+        # torch and transformers' image classes are imported here, not with the module: validating a spec
+        # reads the label names below (``model_labels``) and should not pay for importing them
+        import torch
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         kwargs: dict[str, Any] = {"local_files_only": True}
@@ -76,9 +79,10 @@ class ImageClassifierHead:
         self.model = AutoModelForImageClassification.from_pretrained(folder, **kwargs).to(self.device).eval()
         self.processor = AutoImageProcessor.from_pretrained(folder, backend="pil", **kwargs)
 
-    @torch.no_grad()
     def score_images(self, images: list[np.ndarray]) -> np.ndarray:
         """n uint8 (H, W, 3) RGB images -> (n,) float32 probabilities of the head's label."""
+        import torch
+
         scores = []
         for start in range(0, len(images), self.batch_size):
             part = [
@@ -86,7 +90,8 @@ class ImageClassifierHead:
                 for i in images[start : start + self.batch_size]
             ]
             pixels = self.processor(images=part, return_tensors="pt")["pixel_values"].to(self.device)
-            logits = self.model(pixel_values=pixels).logits.float()
+            with torch.no_grad():
+                logits = self.model(pixel_values=pixels).logits.float()
             probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
             scores.append(probs[:, self.index].cpu().numpy())
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)

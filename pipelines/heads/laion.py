@@ -25,11 +25,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipelines.heads.base import HeadError, StateDict, read_state_dict, weight_file
-from pipelines.heads.mlp import MLPHead, MLPHeadConfig
+from pipelines.heads.mlp_config import MLPHeadConfig
+
+if TYPE_CHECKING:  # the scorer (torch) loads with the weights; reading a layout needs neither
+    import torch
+
+    from pipelines.heads.mlp import MLPHead
 
 AESTHETIC_V2_LINEAR = (0, 2, 4, 6, 7)  # Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear
 AESTHETIC_V2_RELU = (0, 3, 6, 9, 11)  # Linear, ReLU, Dropout, ... Linear, ReLU, Linear
@@ -121,6 +125,8 @@ def load_laion_head(
     folder: Path, *, kind: str, name: str, identity: str, device: str | torch.device = "cpu"
 ) -> MLPHead:
     """The head in a local folder holding one published LAION weight file."""
+    from pipelines.heads.mlp import MLPHead
+
     path = weight_file(folder)
     state_dict = read_state_dict(path)
     layout = detect_layout({k: tuple(v.shape) for k, v in state_dict.items()}, str(path))

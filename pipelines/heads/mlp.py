@@ -24,105 +24,29 @@ import os
 from collections.abc import Callable, Mapping
 from itertools import pairwise
 from pathlib import Path
-from typing import Final, Literal, cast
+from typing import Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import save_file
 from torch import nn
 
 from pipelines.heads.base import HeadError, StateDict, read_state_dict
+from pipelines.heads.mlp_config import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    MLPHeadConfig,
+    parse_head_config,
+    shape_problems,
+)
 from unidiffuser.uvit import row_stable_linear
 
-FORMAT: Final = "unidiffuser-batch/mlp-head"
-VERSION: Final = 1
-CONFIG_FILE = "head.json"
-WEIGHTS_FILE = "model.safetensors"
-Activation = Literal["relu", "gelu", "silu", "tanh", "identity"]
-Output = Literal["regression", "probability", "softmax"]
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh, "identity": lambda x: x,
 }  # fmt: skip
 # rows per forward on CPU, where the row-stable product materialises rows x out x in floats (64 MiB at most)
 _CPU_ELEMENTS_PER_CHUNK = 2**24
-
-
-class MLPHeadConfig(BaseModel):
-    """``head.json``: the head's shape and how its output becomes a score."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: Literal["unidiffuser-batch/mlp-head"] = FORMAT
-    version: Literal[1] = VERSION
-    input_dim: int = Field(ge=1, description="size of the CLIP image embedding the head takes")
-    hidden: list[int] = Field(default_factory=list, description="hidden layer sizes; [] is a linear head")
-    activation: Activation = Field("relu", description="between layers (none after the last)")
-    normalize_input: bool = Field(True, description="L2-normalise the input before the first layer")
-    output: Output = Field("regression", description="regression | probability | softmax")
-    classes: int | None = Field(None, ge=2, description="softmax: number of classes")
-    score_index: int | None = Field(
-        None, ge=0, description="softmax: the class whose probability is the score"
-    )
-    labels: list[str] | None = Field(None, description="softmax: optional class names, one per class")
-    description: str | None = Field(None, description="free text: what the score means")
-
-    @model_validator(mode="after")
-    def _output_fields(self) -> MLPHeadConfig:
-        if any(size < 1 for size in self.hidden):
-            raise ValueError(f"hidden sizes must be positive, got {self.hidden}")
-        if self.output == "softmax":
-            if self.classes is None or self.score_index is None:
-                raise ValueError("output 'softmax' needs classes and score_index")
-            if self.score_index >= self.classes:
-                raise ValueError(f"score_index {self.score_index} is not a class of {self.classes}")
-            if self.labels is not None and len(self.labels) != self.classes:
-                raise ValueError(f"labels names {len(self.labels)} classes, classes is {self.classes}")
-        elif self.classes is not None or self.score_index is not None or self.labels is not None:
-            raise ValueError(
-                f"classes, score_index and labels belong to output 'softmax', not {self.output!r}"
-            )
-        return self
-
-    @property
-    def output_dim(self) -> int:
-        return self.classes if self.output == "softmax" and self.classes else 1
-
-    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every tensor ``model.safetensors`` must hold, with its shape."""
-        dims = [self.input_dim, *self.hidden, self.output_dim]
-        shapes: dict[str, tuple[int, ...]] = {}
-        for k, (fan_in, fan_out) in enumerate(pairwise(dims)):
-            shapes[f"layers.{k}.weight"] = (fan_out, fan_in)
-            shapes[f"layers.{k}.bias"] = (fan_out,)
-        return shapes
-
-
-def parse_head_config(text: str | bytes, where: str) -> MLPHeadConfig:
-    """``head.json`` text -> config; every problem in one ``HeadError`` naming ``where`` (the file)."""
-    try:
-        return MLPHeadConfig.model_validate_json(text)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'head.json'}: {e['msg']}" for e in exc.errors()
-        )
-        raise HeadError(f"{where}: {problems}") from exc
-
-
-def shape_problems(
-    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]
-) -> list[str]:
-    """How a weights file's tensors differ from what the config needs (missing, unexpected, wrong shape)."""
-    problems = []
-    if missing := sorted(set(expected) - set(found)):
-        problems.append(f"missing tensors {missing}")
-    if unexpected := sorted(set(found) - set(expected)):
-        problems.append(f"unexpected tensors {unexpected}")
-    for key in sorted(set(expected) & set(found)):
-        if tuple(found[key]) != tuple(expected[key]):
-            problems.append(f"{key} has shape {tuple(found[key])}, expected {tuple(expected[key])}")
-    return problems
 
 
 class MLPNet(nn.Module):

@@ -10,7 +10,6 @@ import struct
 from typing import Any
 
 import fsspec
-import torch
 from fsspec import AbstractFileSystem
 
 from pipelines.heads.base import HeadError
@@ -54,6 +53,8 @@ def safetensors_shapes(fs: AbstractFileSystem, path: str) -> dict[str, tuple[int
 
 def pickled_shapes(fs: AbstractFileSystem, path: str) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of a pickled torch state dict (read with ``weights_only``)."""
+    import torch  # only a pickled file needs it; a safetensors header is plain JSON
+
     with fs.open(path, "rb") as f:
         loaded = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):

@@ -14,7 +14,7 @@ from fsspec import AbstractFileSystem
 from pipelines.heads.base import WEIGHT_SUFFIXES, HeadError
 from pipelines.heads.classifier import model_labels
 from pipelines.heads.laion import check_kind, detect_layout
-from pipelines.heads.mlp import CONFIG_FILE, WEIGHTS_FILE, parse_head_config, shape_problems
+from pipelines.heads.mlp_config import CONFIG_FILE, WEIGHTS_FILE, parse_head_config, shape_problems
 from pipelines.heads.remote import open_folder, read_json, weight_shapes
 from pipelines.heads.spec import HeadSpec
 from unidiffuser.locations import redact
