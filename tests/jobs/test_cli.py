@@ -135,12 +135,13 @@ def test_a_sigkilled_driver_leaves_no_ray_behind_and_resumes_to_exactly_the_full
     slow = {
         "steps": 30
     }  # units a second or more apart, so that the kill lands between commits even under load
-    reference = prompt_spec(n_prompts=12, shard_size=2, output="reference", model=slow)
+    no_clip = {"enabled": False}  # the images are what is compared: no scorer actor to start three times
+    reference = prompt_spec(n_prompts=12, shard_size=2, output="reference", model=slow, clip=no_clip)
     cli("run", str(reference), "--quiet")
     expected = _images_by_key(tmp_path / "reference")
     assert len(expected) == 12
 
-    spec = prompt_spec(n_prompts=12, shard_size=2, output="killed", model=slow)
+    spec = prompt_spec(n_prompts=12, shard_size=2, output="killed", model=slow, clip=no_clip)
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs", "run", str(spec), "--quiet", "--dashboard"],
