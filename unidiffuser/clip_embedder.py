@@ -1,7 +1,8 @@
 """A CLIP model folder on one device: L2-normalised image and text embeddings, in batches.
 
 The one way this project turns pixels and texts into CLIP embeddings: the pipeline's score stage, the shapes
-model's quality report and the benchmarks all use it, so their scores and embeddings agree exactly.
+model's quality report, the benchmarks and the dedup tests all use it, so their embeddings agree (exactly, at
+the same batch size).
 """
 
 from __future__ import annotations

@@ -7,33 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from transformers import CLIPModel
 
 from pipelines.dedup import ArrayVectors, SearchConfig, find_pairs, group_removals
 from pipelines.dedup.defaults import IMAGE_THRESHOLD, MAX_HAMMING
 from pipelines.dedup.phash import phash, phash_ints
 from shapes.world import Obj, Scene, render
-from unidiffuser.clip_processor import load_clip_processor
+from unidiffuser.clip_embedder import ClipEmbedder
 
 CLIP = Path(__file__).resolve().parents[3] / "models" / "unidiffuser-shapes" / "clip"
 
 
 @pytest.fixture(scope="module")
-def clip() -> tuple[CLIPModel, object]:
-    return CLIPModel.from_pretrained(CLIP, local_files_only=True).eval(), load_clip_processor(CLIP)
-
-
-def embed(clip, images: list[np.ndarray]) -> np.ndarray:
-    """As the pipeline's scorer does: processor, projected image features, L2-normalised."""
-    model, processor = clip
-    with torch.no_grad():
-        output = model.get_image_features(
-            **processor(images=[Image.fromarray(i) for i in images], return_tensors="pt")
-        )
-    features = (output if isinstance(output, torch.Tensor) else output.pooler_output).float()
-    return (features / features.norm(dim=-1, keepdim=True)).numpy()
+def clip() -> ClipEmbedder:
+    """The pipeline's own CLIP embedder (as its score stage embeds) on the demo model's CLIP."""
+    return ClipEmbedder(CLIP)
 
 
 def jpeg(image: np.ndarray) -> np.ndarray:
@@ -62,7 +50,7 @@ def test_copies_of_a_picture_are_removed_and_other_pictures_kept(clip) -> None:
     ]
     images = originals + copies
     keys = [f"scene-{i}" for i in range(6)] + ["copy-of-0", "copy-of-2", "copy-of-4"]
-    vectors = ArrayVectors(embed(clip, images))
+    vectors = ArrayVectors(clip.images(images, batch_size=len(images)))
     hashes = phash_ints([phash(i) for i in images])
     pairs = find_pairs(
         vectors, SearchConfig(threshold=IMAGE_THRESHOLD, max_hamming=MAX_HAMMING), phashes=hashes
