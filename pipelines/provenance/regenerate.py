@@ -12,16 +12,16 @@ The engine runs that one record alone (``batch_size`` 1): its noise comes from i
 so alone it must equal what the job made in a batch. The marks are checked against the row and the summary, and
 a disagreement makes the record not equal even when the pixels match.
 
-Which records can be regenerated from the output alone:
+What each record starts from:
 
-- t2i and t2i2t (the prompt is in the row), joint, image and text (a seed is all they start from);
+- t2i and t2i2t: the prompt in the row; joint, image and text: a seed is all they start from;
 - i2t, when the job kept each input image (``output.caption_image: source``, the default) or the model input
-  losslessly (``model_input`` with PNG output).
+  losslessly (``model_input`` with PNG output): the image in the row;
+- i2t2i records, and i2t records written with ``caption_image: none`` or a lossy model input, keep no input
+  image: it is read again from the job's input corpus (``input_image``), which must still be what the job read
+  (the unit's input hash), else ``CannotRegenerate`` says the corpus changed.
 
-i2t2i records, and i2t records written with ``caption_image: none`` or a lossy model input, keep no input
-image: regenerating them needs the input corpus at the spec's ``input.uri``, which this module does not read
-(``CannotRegenerate`` says so). An errored record has no output, nor has a record rejected before generation
-(blocklist, exact duplicate).
+An errored record has no output, nor has a record rejected before generation (blocklist, exact duplicate).
 
 Tolerance: a job that ran on CPU in float32, regenerated on CPU, is reproduced bitwise: the decoded images are
 equal in every pixel and the captions are equal. On CPU the result also depends on torch's number of intra-op
@@ -51,6 +51,7 @@ from pydantic import ValidationError
 
 from pipelines import records as r
 from pipelines.config import ModelSpec, OutputSpec, ResourcesSpec
+from pipelines.provenance.input_image import InputImageError, read_input_image
 from pipelines.provenance.spec import ProvenanceSpec
 from pipelines.provenance.stored_record import StoredRecord, find_record
 from pipelines.provenance.watermark import WatermarkError, embed_watermark, watermark_payload
@@ -194,10 +195,12 @@ def regenerate_record(
     recipe, disagreements = _recipe(stored)
     _check_regenerable(stored, recipe)
     options = dict(storage_options or {})
+    source = _input_file(stored, recipe, options)  # read (or refused) before any model is loaded
     engine = _engine(checkpoint or recipe.model.checkpoint, stored.key, recipe, device, options)
     threads = threads or recipe.threads
     with _torch_threads(threads):
-        result = engine.run(_inputs(stored, recipe, engine.resolution), [recipe.seed], mode=recipe.mode)[0]
+        inputs = _inputs(stored, recipe, source, engine.resolution)
+        result = engine.run(inputs, [recipe.seed], mode=recipe.mode)[0]
     if not result.ok:
         raise CannotRegenerate(f"record {stored.key!r}: the engine failed on it: {result.error}")
     if recipe.mode.input == ModeInput.TEXT and result.prompt_used != stored.row.get(r.PROMPT_USED):
@@ -343,19 +346,6 @@ def _check_regenerable(stored: StoredRecord, recipe: _Recipe) -> None:
         raise CannotRegenerate(
             f"record {key!r} was {when} ({row.get(r.REASON)}): there is nothing to compare with"
         )
-    if mode.input != ModeInput.IMAGE:
-        return
-    policy = recipe.output.caption_image
-    kept = mode == Mode.I2T and (
-        policy == CaptionImage.SOURCE
-        or (policy == CaptionImage.MODEL_INPUT and image_format(recipe.output.image_format) == "png")
-    )
-    if not kept:
-        raise CannotRegenerate(
-            f"record {key!r} ({mode.value}) keeps no input image in the output (output.caption_image "
-            f"{policy.value}, {recipe.output.image_format}): regenerating it needs the input corpus "
-            f"({redact(str((stored.config.get('input') or {}).get('uri')))}), which regenerate does not read"
-        )
 
 
 def _engine(
@@ -383,8 +373,30 @@ def _engine(
         raise CannotRegenerate(f"record {key!r}: {error}") from None
 
 
-def _inputs(stored: StoredRecord, recipe: _Recipe, resolution: int) -> list[Any] | None:
-    """The one input the record was made from, as the generate stage received it (None: a seed only)."""
+def _keeps_input_image(recipe: _Recipe) -> bool:
+    """Whether the record's row holds the image its model input was prepared from: i2t's source file, or its
+    model input written losslessly."""
+    policy = recipe.output.caption_image
+    return recipe.mode == Mode.I2T and (
+        policy == CaptionImage.SOURCE
+        or (policy == CaptionImage.MODEL_INPUT and image_format(recipe.output.image_format) == "png")
+    )
+
+
+def _input_file(stored: StoredRecord, recipe: _Recipe, storage_options: dict[str, Any]) -> bytes | None:
+    """An image-input record's input file when the output keeps none, read from the job's corpus (None for
+    the other records)."""
+    if recipe.mode.input != ModeInput.IMAGE or _keeps_input_image(recipe):
+        return None
+    try:
+        return read_input_image(stored, storage_options)
+    except InputImageError as error:
+        raise CannotRegenerate(str(error)) from None
+
+
+def _inputs(stored: StoredRecord, recipe: _Recipe, source: bytes | None, resolution: int) -> list[Any] | None:
+    """The one input the record was made from, as the generate stage received it (None: a seed only);
+    ``source`` is the input file read from the corpus (``_input_file``), if it was."""
     row, key = stored.row, stored.key
     if recipe.mode.input == ModeInput.NOTHING:
         return None
@@ -393,13 +405,13 @@ def _inputs(stored: StoredRecord, recipe: _Recipe, resolution: int) -> list[Any]
         if prompt is None:
             raise CannotRegenerate(f"record {key!r} has no prompt")
         return [prompt]
-    data = row[r.IMAGE]
-    if recipe.output.caption_image == CaptionImage.MODEL_INPUT:  # lossless (_check_regenerable)
-        return [_decode(data)]
+    if source is None and recipe.output.caption_image == CaptionImage.MODEL_INPUT:
+        return [_decode(row[r.IMAGE])]  # the model input itself, written losslessly
+    data = row[r.IMAGE] if source is None else source
     try:  # what preprocess does with the input file
         return [prepare_image(data, resolution, max_pixels=recipe.model.max_image_pixels).pixels]
     except InputError as error:
-        raise CannotRegenerate(f"record {key!r}: its kept input image cannot be prepared: {error}") from None
+        raise CannotRegenerate(f"record {key!r}: its input image cannot be prepared: {error}") from None
 
 
 @contextlib.contextmanager

@@ -48,6 +48,7 @@ class StoredRecord:
     summary: Mapping[str, Any]  # the job's _summary.json
     marks: GenerationRecord | None  # the generation record in the row's image, None without one
     marks_problem: str | None = None  # why the image's marks could not be read, if they could not
+    unit_input: str | None = None  # the input hash the unit's marker recorded (``Unit.input_hash``)
 
     @property
     def config(self) -> Mapping[str, Any]:
@@ -62,12 +63,13 @@ def find_record(output_uri: str, key: str, storage_options: Mapping[str, Any] | 
     fs, root = storage.open_filesystem(output_uri, storage_options)
     root = root.rstrip("/")
     summary = _summary(fs, root, output_uri)
-    for unit in _units_holding(fs, root, output_uri, key, storage_options):
+    commits = committed_units(output_uri, storage_options)
+    for unit in _units_holding(fs, root, list(commits), key):
         for outcome, folder in OUTCOME_FOLDERS.items():
             row = _row(fs, storage.join(root, folder, f"{unit_name(unit)}.parquet"), key)
             if row is not None:
                 marks, problem = _marks(row)
-                return StoredRecord(key, outcome, unit, row, summary, marks, problem)
+                return StoredRecord(key, outcome, unit, row, summary, marks, problem, commits[unit].input)
     formats = (summary.get("config") or {}).get("output", {}).get("formats", [])
     hint = "" if PARQUET_DIR in formats else f"; this job wrote no {PARQUET_DIR}/ shards (output.formats)"
     raise RecordLookupError(
@@ -88,11 +90,8 @@ def _summary(fs: AbstractFileSystem, root: str, output_uri: str) -> dict[str, An
     return summary
 
 
-def _units_holding(
-    fs: AbstractFileSystem, root: str, output_uri: str, key: str, storage_options: Mapping[str, Any] | None
-) -> list[int]:
-    """The committed units whose key hashes hold ``key`` (every committed unit lacking a keys file too)."""
-    units = list(committed_units(output_uri, storage_options))
+def _units_holding(fs: AbstractFileSystem, root: str, units: list[int], key: str) -> list[int]:
+    """The committed ``units`` whose key hashes hold ``key`` (every one lacking a keys file too)."""
     hashes = read_key_hashes(fs, root, units)
     wanted = key_hashes([key])[0]
     return [u for u in units if u not in hashes or wanted in hashes[u]]

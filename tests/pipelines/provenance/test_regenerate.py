@@ -1,7 +1,8 @@
-"""``regenerate``: a record rebuilt from its row, its image's marks and the job's summary equals what the real
-pipeline wrote (bitwise on CPU float32), whether it was written or rejected, in either unit, made in a batch of
-4; a tampered row, a checkpoint of another identity, an unknown key, an errored record and a record rejected
-before generation are told apart (exit 1 or 2, one clear line)."""
+"""``regenerate``: a record rebuilt from its row, its image's marks and the job's summary (and, for an image
+variation, its input file read again from the corpus) equals what the real pipeline wrote (bitwise on CPU
+float32), whether it was written or rejected, in either unit, made in a batch of 4; a tampered row, a checkpoint
+of another identity, a changed corpus, an unknown key, an errored record and a record rejected before generation
+are told apart (exit 1 or 2, one clear line)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from PIL import Image
 
 from jobs.cli import main
 from pipelines.config import PipelineConfig
-from pipelines.provenance.regenerate import PIXEL_TOLERANCE, CannotRegenerate, regenerate, regenerate_record
-from pipelines.provenance.stored_record import StoredRecord, find_record
+from pipelines.provenance.regenerate import PIXEL_TOLERANCE, CannotRegenerate, regenerate
+from pipelines.provenance.stored_record import find_record
 from pipelines.run import run_pipeline
 from shapes.photos import photo_like
 from unidiffuser.checkpoint import checkpoint_identity
@@ -192,25 +193,57 @@ def test_unknown_errored_and_never_generated_records_cannot_be_regenerated(t2i_o
     assert "rejected before generation" in capsys.readouterr().err
 
 
-def test_an_image_variation_needs_its_input_corpus() -> None:
-    """An i2t2i record keeps no input image: refused with the corpus named, before any model is loaded."""
-    stored = StoredRecord(
-        key="images-000001",
-        outcome="written",
-        unit=0,
-        row={"key": "images-000001", "mode": "i2t2i", "seed": 7, "image": b"not read", "params": None},
-        summary={
-            "config": {
-                "model": {"checkpoint": "/nowhere", "mode": "i2t2i"},
-                "input": {"kind": "images", "uri": "s3://corpus/images"},
-                "output": {"uri": "/out"},
+@pytest.fixture(scope="module")
+def variation_job(models: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An i2t2i job over a folder of 3 images of two sizes and formats, in 2 units, batches of 2, PNG
+    output, no CLIP: its output keeps no input image. Returns the folder holding ``images/`` and ``out/``."""
+    root = tmp_path_factory.mktemp("i2t2i")
+    images = root / "images"
+    images.mkdir()
+    for i, (name, height, width) in enumerate([("a.png", 72, 96), ("b.jpg", 64, 64), ("c.png", 64, 80)]):
+        Image.fromarray(photo_like(height, width, seed=i)).save(images / name)
+    config = PipelineConfig.model_validate(
+        {
+            "input": {"kind": "images", "uri": str(images)},
+            "model": {"checkpoint": models[0], "mode": "i2t2i", "steps": 2, "caption_max_tokens": 8},
+            "output": {
+                "uri": str(root / "out"),
+                "formats": ["parquet"],
+                "image_format": "png",
+                "shard_size": 2,
             },
-            "model_versions": {"checkpoint": "0123456789abcdef"},
-        },
-        marks=None,
+            "resources": RESOURCES | {"batch_size": 2},
+        }
     )
-    with pytest.raises(CannotRegenerate, match=r"i2t2i.*needs the input corpus \(s3://corpus/images\)"):
-        regenerate_record(stored)
+    run_pipeline(config, progress=False)
+    return root
+
+
+def test_an_image_variation_is_regenerated_from_its_input_corpus_while_that_is_unchanged(
+    variation_job: Path, capsys
+) -> None:
+    """Each variation is remade bitwise from its input file, read again from the corpus; once an input file
+    is rewritten, the records of its unit are refused (the other unit's still regenerate), and a corpus that
+    is gone is named."""
+    out = variation_job / "out"
+    written = rows(out, "parquet")
+    assert sorted(written) == ["a", "b", "c"] and all(row["image"] for row in written.values())
+    for key in written:
+        result = regenerate(str(out), key)
+        assert result.bitwise and (result.width, result.height) == (64, 64), result.describe()
+    assert find_record(str(out), "c").unit == 1
+
+    Image.fromarray(photo_like(64, 80, seed=9)).save(variation_job / "images" / "c.png")  # unit 1 changed
+    capsys.readouterr()
+    assert main(["regenerate", str(out), "c"]) == 2
+    message = capsys.readouterr().err
+    assert "unit 1 of its input corpus" in message and "changed since the job ran" in message, message
+    assert message.count("\n") == 1
+    assert regenerate(str(out), "a").bitwise  # unit 0 reads what the job read
+
+    (variation_job / "images").rename(variation_job / "moved")
+    with pytest.raises(CannotRegenerate, match=r"record 'a'.*input corpus .*images"):
+        regenerate(str(out), "a")
 
 
 def test_a_joint_record_regenerates_its_image_and_caption(joint_output: Path) -> None:

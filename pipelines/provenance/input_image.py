@@ -1,0 +1,71 @@
+"""The input image a record was made from, read again from its job's input corpus: what ``regenerate`` starts
+from for the records whose output keeps no input image (i2t2i, and i2t written with ``caption_image: none`` or
+a lossy model input).
+
+    data = read_input_image(stored, storage_options)  # the input file's bytes, as the job's reader gave them
+
+The corpus is planned as the job planned it (the summary's ``input`` and ``output.shard_size``: listings and
+headers, no records), the record's unit alone is read, and that unit's input hash must be the one its marker
+recorded: a corpus changed since the job ran (a file added before it, rewritten, or copied with other
+modification times) is refused, never read in its place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow.compute as pc
+from pydantic import ValidationError
+
+from pipelines import records as r
+from pipelines.config import InputSpec, OutputSpec
+from pipelines.provenance.stored_record import StoredRecord
+from pipelines.readers import plan_input
+from pipelines.readers.datasource import read_unit
+from unidiffuser.locations import describe_error, redact
+
+
+class InputImageError(ValueError):
+    """The record's input image cannot be read from its corpus: the message names the record and why."""
+
+
+def read_input_image(stored: StoredRecord, storage_options: Mapping[str, Any]) -> bytes:
+    """The bytes of the input file ``stored`` was made from, from the job's input corpus (see the module doc)."""
+    key = stored.key
+    try:
+        spec = InputSpec.model_validate(stored.config.get("input") or {})
+        unit_size = OutputSpec.model_validate(stored.config.get("output") or {}).shard_size
+    except ValidationError as error:
+        raise InputImageError(
+            f"record {key!r}: the summary's input section is not a job's: {error}"
+        ) from None
+    corpus = redact(str(spec.uri))
+    try:
+        planned = plan_input(spec, unit_size=unit_size, storage_options=storage_options)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise InputImageError(
+            f"record {key!r}: cannot read its input corpus {corpus}: {describe_error(error)}"
+        ) from None
+    if stored.unit >= planned.num_units:
+        raise InputImageError(
+            f"record {key!r}: its input corpus {corpus} now plans {planned.num_units} units, the record's "
+            f"unit is {stored.unit}: the corpus changed since the job ran"
+        )
+    unit = planned.units[stored.unit]
+    if stored.unit_input is not None and unit.input_hash != stored.unit_input:
+        raise InputImageError(
+            f"record {key!r}: unit {stored.unit} of its input corpus {corpus} is not what the job read (input "
+            f"hash {unit.input_hash}, the job's {stored.unit_input}): the corpus changed since the job ran"
+        )
+    (table,) = read_unit(unit, planned.options)
+    input_key = stored.row.get(r.INPUT_KEY) or key
+    rows = table.filter(pc.equal(table[r.KEY], input_key)).to_pylist()
+    if not rows:
+        raise InputImageError(f"record {key!r}: no input {input_key!r} in unit {stored.unit} of {corpus}")
+    row = rows[0]
+    if row[r.READ_ERROR] or row[r.IMAGE_BYTES] is None:
+        reason = row[r.READ_ERROR] or "no image"
+        raise InputImageError(f"record {key!r}: its input {input_key!r} in {corpus} cannot be read: {reason}")
+    data: bytes = row[r.IMAGE_BYTES]
+    return data
