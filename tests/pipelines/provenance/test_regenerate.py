@@ -256,11 +256,13 @@ def test_a_joint_record_regenerates_its_image_and_caption(joint_output: Path) ->
     assert (result.width, result.height) == (64, 64)
 
 
-def test_an_i2t_caption_is_regenerated_from_the_kept_input_image(
-    models: tuple[str, str], tmp_path: Path
+@pytest.mark.parametrize("caption_image", ["source", "none"])
+def test_an_i2t_caption_is_regenerated_from_its_input_image(
+    models: tuple[str, str], tmp_path: Path, caption_image: str
 ) -> None:
-    """Captioning: the input file is kept in the output (caption_image: source), so the caption made from it in a
-    batch of 2 is remade from the output alone; an input of another size is resized as preprocess does."""
+    """Captioning: with ``caption_image: source`` the input file is kept in the output, so the caption made from
+    it in a batch of 2 is remade from the output alone; with ``none`` it is read again from the corpus. An input
+    of another size is resized as preprocess does."""
     images = tmp_path / "images"
     images.mkdir()
     for i, (height, width) in enumerate([(72, 96), (64, 64)]):
@@ -269,13 +271,14 @@ def test_an_i2t_caption_is_regenerated_from_the_kept_input_image(
         {
             "input": {"kind": "images", "uri": str(images)},
             "model": {"checkpoint": models[0], "mode": "i2t", "steps": 2, "caption_max_tokens": 8},
-            "output": {"uri": str(tmp_path / "out"), "formats": ["parquet"]},
+            "output": {"uri": str(tmp_path / "out"), "formats": ["parquet"], "caption_image": caption_image},
             "resources": RESOURCES | {"batch_size": 2},
         }
     )
     run_pipeline(config, progress=False)
     written = rows(tmp_path / "out", "parquet")
     assert len(written) == 2
+    assert all((row["image"] is None) == (caption_image == "none") for row in written.values())
     for key, row in written.items():
         result = regenerate(str(tmp_path / "out"), key)
         assert result.equal and result.max_abs_diff is None, result.describe()
