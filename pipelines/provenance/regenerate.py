@@ -5,7 +5,7 @@ compare it with what the job wrote: the proof that a record's provenance is comp
     result.equal, result.describe()  # 'regenerate prompts-000003_0: bitwise equal (t2i, seed 123, 64x64)'
 
 What the record is rebuilt from: the row's mode, seed and prompt; its ``params`` (the job's sampling settings;
-a rejected row does not keep them, so the summary's ``config.model`` serves); the checkpoint at the spec's
+where a row has none, as rejected rows written before they kept them, the summary's ``config.model`` serves); the checkpoint at the spec's
 location (or the one ``checkpoint`` names), which must have the identity the record was made with (its marks'
 ``model_version``, else the summary's ``model_versions.checkpoint``); the job's image encoding and watermark.
 The engine runs that one record alone (``batch_size`` 1): its noise comes from its own seed (``RecordNoise``),
@@ -272,7 +272,7 @@ def _recipe(stored: StoredRecord) -> tuple[_Recipe, list[str]]:
 
 
 def _model(stored: StoredRecord) -> tuple[ModelSpec, list[str]]:
-    """The sampling settings: the row's ``params`` (written rows keep them), else the job's ``config.model``."""
+    """The sampling settings: the row's ``params``, else (a row without them) the job's ``config.model``."""
     job = dict(stored.config.get("model") or {})
     values, disagreements = job, []
     text = stored.row.get(r.PARAMS)

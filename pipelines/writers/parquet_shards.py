@@ -72,9 +72,11 @@ def shard_schema(scores: Sequence[str] = ()) -> pa.Schema:
 
 
 def rejected_schema(scores: Sequence[str] = ()) -> pa.Schema:
-    """Records the filter rejected, with their scores, reason and image so a user can look at what was thrown
-    away."""
-    names = (*_IDENTITY, *_TEXTS, r.CLIP_SCORE, r.REASON, r.REJECT_RULES, *_IMAGE, r.SEED, r.METADATA)
+    """Records a rule rejected: a shard's columns (image, seed, model id, params and embeddings included, so a
+    user can look at what was thrown away, search it and regenerate it) plus the reason and the rules that
+    rejected it, right after the scores."""
+    names = (*_IDENTITY, *_TEXTS, *_IMAGE, r.CLIP_SCORE, r.REASON, r.REJECT_RULES, r.SEED, r.MODEL_ID, r.PARAMS,
+             r.METADATA, r.IMAGE_EMBEDDING, r.TEXT_EMBEDDING)  # fmt: skip
     return _schema(names, scores, scores_after=r.CLIP_SCORE)
 
 

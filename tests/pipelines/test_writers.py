@@ -61,8 +61,8 @@ def unit_frame(unit: int, statuses: list[str], *, with_images: bool = True, seed
                     else None
                 ),
                 r.CLIP_SCORE: 0.1 + i / 100 if has_output else float("nan"),
-                r.IMAGE_EMBEDDING: emb() if status == "ok" and with_images else None,
-                r.TEXT_EMBEDDING: emb() if status == "ok" else None,
+                r.IMAGE_EMBEDDING: emb() if has_output and with_images else None,
+                r.TEXT_EMBEDDING: emb() if has_output else None,
                 r.STATUS: status,
                 r.REASON: {"rejected": "clip_score below 0.2", "error": "generate: out of memory"}.get(
                     status
@@ -235,6 +235,19 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
     assert [(row["key"], row["reason"]) for row in rejected] == [(frame[r.KEY][1], "clip_score below 0.2")]
     assert Image.open(io.BytesIO(rejected[0]["image"])).size == (24, 17)
     assert rejected[0]["text"] == "prompt 1" and rejected[0]["clip_score"] == pytest.approx(0.11)
+    # ... and every column of a shard, the reason and its rules right after the scores
+    shard_columns = table.column_names
+    at = shard_columns.index("clip_score") + 1
+    assert pq.read_schema(tmp_path / "rejected" / "00007.parquet").names == [
+        *shard_columns[:at],
+        "reason",
+        "rejected_by",
+        *shard_columns[at:],
+    ]
+    assert json.loads(rejected[0]["params"]) == {"steps": 2, "cfg": 7.5}
+    assert (rejected[0]["seed"], rejected[0]["model_id"]) == (1001, "tiny-unidiffuser")
+    assert np.allclose(rejected[0]["img_emb"], frame[r.IMAGE_EMBEDDING][1])
+    assert np.allclose(rejected[0]["text_emb"], frame[r.TEXT_EMBEDDING][1])
     errors = pq.read_table(tmp_path / "errors" / "00007.parquet").to_pylist()
     assert [(row["key"], row["prompt"], row["reason"]) for row in errors] == [
         (frame[r.KEY][3], "prompt 3", "generate: out of memory")
