@@ -19,6 +19,8 @@ For every image written by a mode that generates one (the row's ``synthetic`` na
   present must say ``trainedAlgorithmicMedia`` and hold the same record as the XMP.
 
 An image the row says is an input (``i2t`` keeps the source file byte for byte) must carry no synthetic mark.
+In a whole job output the copies of a record's image agree (``verify_copies``): its parquet and tar copies are
+the same bytes, and no record is both written and rejected.
 A lone image or a shard read without its job's summary is checked for what it carries, and the report says
 what could not be checked (``not_checked``).
 """
@@ -38,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from pipelines import records as r
 from pipelines.dedup.phash import hamming, phash
 from pipelines.provenance.c2pa_manifest import ManifestCheck, verify_manifest
+from pipelines.provenance.verify_copies import ImageCopies
 from pipelines.provenance.verify_targets import (
     ImageItem,
     JobContext,
@@ -207,7 +210,14 @@ def verify(
             target_problems.append(f"{redact(uri)}: no shards (parquet/, rejected/, webdataset/) to verify")
         items = (item for shard in shards for item in shard_images(fs, shard, relative(shard, path)))
     context = job or JobContext()
-    images = tuple(check_image(item, context, trust_anchors=trust_anchors) for item in items)
+    copies = ImageCopies()
+    checks = []
+    for item in items:
+        checks.append(check_image(item, context, trust_anchors=trust_anchors))
+        copies.add(item)
+    if kind == "job":
+        target_problems += copies.finish()
+    images = tuple(checks)
     return VerifyReport(
         target=redact(uri),
         kind=kind,

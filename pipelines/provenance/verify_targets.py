@@ -150,16 +150,20 @@ def unit_of(path: str) -> int | None:
 
 
 def job_shards(fs: AbstractFileSystem, root: str) -> list[str]:
-    """The shard files of the job output at ``root`` that may hold images (written, rejected, tars)."""
-    shards: list[str] = []
-    for folder in SHARD_FOLDERS:
+    """The shard files of the job output at ``root`` that may hold images (written, rejected, tars), unit by
+    unit: each unit's files side by side, in ``SHARD_FOLDERS`` order."""
+    shards: list[tuple[float, int, str]] = []
+    for rank, folder in enumerate(SHARD_FOLDERS):
         suffix = ".tar" if folder == "webdataset" else ".parquet"
         try:
             names = fs.ls(f"{root.rstrip('/')}/{folder}", detail=False)
         except FileNotFoundError:
             continue
-        shards += sorted(p for p in names if p.endswith(suffix))
-    return shards
+        for path in names:
+            if path.endswith(suffix):
+                unit = unit_of(path)
+                shards.append((float("inf") if unit is None else unit, rank, path))
+    return [path for _, _, path in sorted(shards)]
 
 
 def relative(path: str, root: str | None) -> str:

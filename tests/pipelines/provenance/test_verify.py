@@ -1,18 +1,22 @@
 """``unidiffuser-batch verify``: the marks of a real job output (the pipeline run on the tiny models) check, and
-tampering with one image (marks stripped, pixels replaced) fails naming its record; lone images, tar shards, an
-output on S3, a watermarked and C2PA-signed job (256 px images planted in the generate stage: the tiny model
-makes 64 px ones, too small for the watermark), and input images that must carry no mark."""
+tampering with one image (marks stripped, pixels replaced) or with the copies of a record (a tar image that is
+not its parquet copy, a lost tar image, a record both written and rejected) fails naming the record; lone images,
+tar shards, an output on S3, a watermarked and C2PA-signed job (256 px images planted in the generate stage: the
+tiny model makes 64 px ones, too small for the watermark), and input images that must carry no mark."""
 
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -131,10 +135,13 @@ def test_stripped_metadata_fails_naming_the_record(output: Path, capsys: pytest.
     assert main(["verify", str(output)]) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("verify: 8 images, 7 marked, 7 records match, 8 pixels match")
-    assert out.splitlines()[0].endswith(": 2 problems")
+    assert out.splitlines()[0].endswith(": 3 problems")
     assert f"  - parquet/00001.parquet record {key!r}: not marked as AI-generated" in out
     assert f"  - parquet/00001.parquet record {key!r}: no XMP generation record" in out
-    assert out.count("  - ") == 2, "only the stripped image has problems"
+    assert (
+        f"  - record {key}: its image in webdataset/00001.tar is not the one in parquet/00001.parquet" in out
+    )
+    assert out.count("  - ") == 3, "only the stripped image has problems (and its tar copy differs from it)"
 
 
 def test_replaced_pixels_fail_even_with_the_marks_copied(
@@ -163,7 +170,7 @@ def test_a_record_that_lies_about_its_row_fails(output: Path, capsys: pytest.Cap
     key = _rewrite_image(shard, 1, mark_image(_png(_pixels(row[r.IMAGE])), "png", lying))
     assert main(["verify", str(output)]) == 1
     out = capsys.readouterr().out
-    problem = next(line for line in out.splitlines() if key in line)
+    problem = next(line for line in out.splitlines() if key in line and "generation record" in line)
     assert "the generation record differs from its row" in problem
     assert f"seed: record has {row[r.SEED] + 1}, row has {row[r.SEED]}" in problem
     assert "model_version: record has 'some-other-checkpoint', job has" in problem
@@ -219,6 +226,54 @@ def test_a_replaced_image_in_a_tar_fails(output: Path, capsys: pytest.CaptureFix
             tar.addfile(member, io.BytesIO(content))
     assert main(["verify", str(tar_path)]) == 1
     assert "webdataset/00000.tar record" in capsys.readouterr().out
+
+
+def _with_text_chunk(png: bytes) -> bytes:
+    """The same PNG (pixels and XMP) with one more ancillary chunk before IEND: other bytes, nothing else."""
+    data = b"Comment\x00re-saved"
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    assert png.endswith(b"IEND\xaeB`\x82")
+    return png[:-12] + chunk + png[-12:]
+
+
+def test_copies_of_a_record_that_disagree_fail_naming_it(
+    output: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tar image whose bytes differ from its parquet copy (pixels and marks alike), a tar sample that lost its
+    image, and a written record also listed as rejected: each is one problem naming the record and the files."""
+    import tarfile
+
+    first, second = (row[r.KEY] for row in _rows(output / "parquet" / "00000.parquet"))
+    tar_path = output / "webdataset" / "00000.tar"
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    changed = next(m.name for m, d in members if m.name.endswith(".png") and json.loads(
+        next(c for n, c in members if n.name == m.name[: -len(".png")] + ".json"))["key"] == first)  # fmt: skip
+    with tarfile.open(tar_path, "w") as tar:
+        for member, content in members:
+            if member.name.endswith(".png") and member.name != changed:
+                continue  # the second record's image is gone
+            content = _with_text_chunk(content) if member.name == changed else content
+            member.size = len(content)
+            tar.addfile(member, io.BytesIO(content))
+    third = _rows(output / "parquet" / "00001.parquet")[0]
+    (output / "rejected").mkdir(exist_ok=True)
+    pq.write_table(
+        pa.Table.from_pylist([third | {"reason": "planted", "rejected_by": ["planted"]}]),
+        output / "rejected" / "00001.parquet",
+    )
+    report = verify(str(output))
+    assert not report.ok
+    assert all(image.ok for image in report.images if image.key != third[r.KEY]), "each copy checks alone"
+    assert report.target_problems == (
+        f"record {first}: its image in webdataset/00000.tar is not the one in parquet/00000.parquet (the copies' "
+        "bytes differ)",
+        f"record {second} has an image in parquet/00000.parquet but none in webdataset/",
+        f"record {third[r.KEY]} is both written (parquet/00001.parquet) and rejected (rejected/00001.parquet)",
+    )
+    assert main(["verify", str(output)]) == 1
+    printed = capsys.readouterr().out
+    assert all(problem in printed for problem in report.target_problems), printed
 
 
 def test_an_output_on_s3(
@@ -328,7 +383,11 @@ def test_a_missing_watermark_or_manifest_fails_naming_the_record(
     unsigned = mark_image(_png(_pixels(row[r.IMAGE])), "png", record)  # marks kept, manifest dropped
     key = _rewrite_image(shard, 0, unsigned)
     problems = verify(str(out), trust_anchors=pem_files["root"].read_bytes()).problems
-    assert problems == [f"parquet/00000.parquet record {key!r}: C2PA manifest asked for, but absent"]
+    assert problems == [
+        f"record {key}: its image in webdataset/00000.tar is not the one in parquet/00000.parquet (the copies' "
+        "bytes differ)",
+        f"parquet/00000.parquet record {key!r}: C2PA manifest asked for, but absent",
+    ]
 
     # the same pixels without the watermark: the original photo, marked and pHash-close
     row = _rows(shard)[1]
