@@ -5,9 +5,10 @@ compare it with what the job wrote: the proof that a record's provenance is comp
     result.equal, result.describe()  # 'regenerate prompts-000003_0: bitwise equal (t2i, seed 123, 64x64)'
 
 What the record is rebuilt from: the row's mode, seed and prompt; its ``params`` (the job's sampling settings;
-where a row has none, as rejected rows written before they kept them, the summary's ``config.model`` serves); the checkpoint at the spec's
-location (or the one ``checkpoint`` names), which must have the identity the record was made with (its marks'
-``model_version``, else the summary's ``model_versions.checkpoint``); the job's image encoding and watermark.
+where a row has none, as rejected rows written before they kept them, the summary's ``config.model`` serves);
+the checkpoint at the spec's location (or the one ``checkpoint`` names), which must have the identity the record
+was made with (its marks' ``model_version``, else the summary's ``model_versions.checkpoint``); the job's image
+encoding and watermark.
 The engine runs that one record alone (``batch_size`` 1): its noise comes from its own seed (``RecordNoise``),
 so alone it must equal what the job made in a batch. The marks are checked against the row and the summary, and
 a disagreement makes the record not equal even when the pixels match.

@@ -247,8 +247,12 @@ def test_copies_of_a_record_that_disagree_fail_naming_it(
     tar_path = output / "webdataset" / "00000.tar"
     with tarfile.open(tar_path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    changed = next(m.name for m, d in members if m.name.endswith(".png") and json.loads(
-        next(c for n, c in members if n.name == m.name[: -len(".png")] + ".json"))["key"] == first)  # fmt: skip
+    image_member = {
+        json.loads(data)["key"]: member.name.removesuffix(".json") + ".png"
+        for member, data in members
+        if member.name.endswith(".json")
+    }
+    changed = image_member[first]
     with tarfile.open(tar_path, "w") as tar:
         for member, content in members:
             if member.name.endswith(".png") and member.name != changed:
@@ -264,7 +268,7 @@ def test_copies_of_a_record_that_disagree_fail_naming_it(
     )
     report = verify(str(output))
     assert not report.ok
-    assert all(image.ok for image in report.images if image.key != third[r.KEY]), "each copy checks alone"
+    assert all(image.ok for image in report.images), "each copy checks alone"
     assert report.target_problems == (
         f"record {first}: its image in webdataset/00000.tar is not the one in parquet/00000.parquet (the copies' "
         "bytes differ)",
