@@ -236,6 +236,7 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
             device=args.device,
             threads=args.threads,
             storage_options=_storage_options(args),
+            input_uri=args.input,
         )
     except (CannotRegenerate, RecordLookupError) as exc:
         raise CommandError(f"regenerate {args.key}: {exc}") from None
@@ -259,6 +260,12 @@ def _regenerate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("key", help="the record's key")
     p.add_argument(
         "--checkpoint", help="the checkpoint folder or URI (default: the spec's); checked by identity"
+    )
+    p.add_argument(
+        "--input",
+        metavar="URI",
+        help="a copy of the job's input corpus elsewhere, for records whose input image the output does not "
+        "keep (i2t2i; checked only by the comparison)",
     )
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="bitwise on cpu, within a tolerance else"

@@ -8,6 +8,10 @@ The corpus is planned as the job planned it (the summary's ``input`` and ``outpu
 headers, no records), the record's unit alone is read, and that unit's input hash must be the one its marker
 recorded: a corpus changed since the job ran (a file added before it, rewritten, or copied with other
 modification times) is refused, never read in its place.
+
+A copy of the corpus elsewhere (``input_uri``: a mirror, a local download) has other URIs and file versions, so
+its units cannot have the job's input hashes; it is planned the same way and read without that check, and the
+comparison of what is regenerated with what the job wrote is then the only proof that it holds the same files.
 """
 
 from __future__ import annotations
@@ -30,11 +34,16 @@ class InputImageError(ValueError):
     """The record's input image cannot be read from its corpus: the message names the record and why."""
 
 
-def read_input_image(stored: StoredRecord, storage_options: Mapping[str, Any]) -> bytes:
-    """The bytes of the input file ``stored`` was made from, from the job's input corpus (see the module doc)."""
+def read_input_image(
+    stored: StoredRecord, storage_options: Mapping[str, Any], *, input_uri: str | None = None
+) -> bytes:
+    """The bytes of the input file ``stored`` was made from, from the job's input corpus, or from its copy at
+    ``input_uri`` (see the module doc)."""
     key = stored.key
     try:
-        spec = InputSpec.model_validate(stored.config.get("input") or {})
+        spec = InputSpec.model_validate(
+            (stored.config.get("input") or {}) | ({"uri": input_uri} if input_uri else {})
+        )
         unit_size = OutputSpec.model_validate(stored.config.get("output") or {}).shard_size
     except ValidationError as error:
         raise InputImageError(
@@ -53,7 +62,7 @@ def read_input_image(stored: StoredRecord, storage_options: Mapping[str, Any]) -
             f"unit is {stored.unit}: the corpus changed since the job ran"
         )
     unit = planned.units[stored.unit]
-    if stored.unit_input is not None and unit.input_hash != stored.unit_input:
+    if input_uri is None and stored.unit_input is not None and unit.input_hash != stored.unit_input:
         raise InputImageError(
             f"record {key!r}: unit {stored.unit} of its input corpus {corpus} is not what the job read (input "
             f"hash {unit.input_hash}, the job's {stored.unit_input}): the corpus changed since the job ran"

@@ -20,7 +20,8 @@ What each record starts from:
   losslessly (``model_input`` with PNG output): the image in the row;
 - i2t2i records, and i2t records written with ``caption_image: none`` or a lossy model input, keep no input
   image: it is read again from the job's input corpus (``input_image``), which must still be what the job read
-  (the unit's input hash), else ``CannotRegenerate`` says the corpus changed.
+  (the unit's input hash), else ``CannotRegenerate`` says the corpus changed; or from a copy of the corpus
+  elsewhere (``input_uri``), checked only by the comparison.
 
 An errored record has no output, nor has a record rejected before generation (blocklist, exact duplicate).
 
@@ -172,15 +173,22 @@ def regenerate(
     device: str = "cpu",
     threads: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    input_uri: str | None = None,
 ) -> Regeneration:
     """Regenerate record ``key`` of the finished job at ``output_uri`` on ``device`` and compare it.
 
     ``checkpoint`` (a folder or URI) replaces the spec's checkpoint location; either way its identity must be
-    the record's. ``RecordLookupError`` for an unknown key, ``CannotRegenerate`` for a record that cannot be
+    the record's. ``input_uri`` replaces the spec's input location for records whose input image is read from
+    the corpus. ``RecordLookupError`` for an unknown key, ``CannotRegenerate`` for a record that cannot be
     regenerated (see the module doc). ``threads``: torch's intra-op threads (default: the job's actors')."""
     stored = find_record(output_uri, key, storage_options)
     return regenerate_record(
-        stored, checkpoint=checkpoint, device=device, threads=threads, storage_options=storage_options
+        stored,
+        checkpoint=checkpoint,
+        device=device,
+        threads=threads,
+        storage_options=storage_options,
+        input_uri=input_uri,
     )
 
 
@@ -191,12 +199,13 @@ def regenerate_record(
     device: str = "cpu",
     threads: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    input_uri: str | None = None,
 ) -> Regeneration:
     """``regenerate`` for a record already found (``find_record``)."""
     recipe, disagreements = _recipe(stored)
     _check_regenerable(stored, recipe)
     options = dict(storage_options or {})
-    source = _input_file(stored, recipe, options)  # read (or refused) before any model is loaded
+    source = _input_file(stored, recipe, options, input_uri)  # read (or refused) before any model is loaded
     engine = _engine(checkpoint or recipe.model.checkpoint, stored.key, recipe, device, options)
     threads = threads or recipe.threads
     with _torch_threads(threads):
@@ -384,13 +393,15 @@ def _keeps_input_image(recipe: _Recipe) -> bool:
     )
 
 
-def _input_file(stored: StoredRecord, recipe: _Recipe, storage_options: dict[str, Any]) -> bytes | None:
-    """An image-input record's input file when the output keeps none, read from the job's corpus (None for
-    the other records)."""
+def _input_file(
+    stored: StoredRecord, recipe: _Recipe, storage_options: dict[str, Any], input_uri: str | None
+) -> bytes | None:
+    """An image-input record's input file when the output keeps none, read from the job's corpus or its copy
+    at ``input_uri`` (None for the other records)."""
     if recipe.mode.input != ModeInput.IMAGE or _keeps_input_image(recipe):
         return None
     try:
-        return read_input_image(stored, storage_options)
+        return read_input_image(stored, storage_options, input_uri=input_uri)
     except InputImageError as error:
         raise CannotRegenerate(str(error)) from None
 

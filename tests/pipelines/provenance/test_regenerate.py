@@ -224,7 +224,7 @@ def test_an_image_variation_is_regenerated_from_its_input_corpus_while_that_is_u
 ) -> None:
     """Each variation is remade bitwise from its input file, read again from the corpus; once an input file
     is rewritten, the records of its unit are refused (the other unit's still regenerate), and a corpus that
-    is gone is named."""
+    is gone is named. A copy of the corpus given with ``--input`` is read, and the comparison decides."""
     out = variation_job / "out"
     written = rows(out, "parquet")
     assert sorted(written) == ["a", "b", "c"] and all(row["image"] for row in written.values())
@@ -241,9 +241,15 @@ def test_an_image_variation_is_regenerated_from_its_input_corpus_while_that_is_u
     assert message.count("\n") == 1
     assert regenerate(str(out), "a").bitwise  # unit 0 reads what the job read
 
-    (variation_job / "images").rename(variation_job / "moved")
+    moved = variation_job / "moved"
+    (variation_job / "images").rename(moved)
     with pytest.raises(CannotRegenerate, match=r"record 'a'.*input corpus .*images"):
         regenerate(str(out), "a")
+    # a copy of the corpus elsewhere is read without the input hash check: the comparison alone decides
+    assert regenerate(str(out), "a", input_uri=str(moved)).bitwise
+    capsys.readouterr()
+    assert main(["regenerate", str(out), "c", "--input", str(moved)]) == 1  # c.png was rewritten
+    assert capsys.readouterr().out.startswith("regenerate c: differs (i2t2i, seed ")
 
 
 def test_a_joint_record_regenerates_its_image_and_caption(joint_output: Path) -> None:
