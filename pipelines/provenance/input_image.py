@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
 
@@ -26,7 +27,8 @@ from pipelines import records as r
 from pipelines.config import InputSpec, OutputSpec
 from pipelines.provenance.stored_record import StoredRecord
 from pipelines.readers import plan_input
-from pipelines.readers.datasource import read_unit
+from pipelines.readers.datasource import read_segment, read_unit
+from pipelines.readers.plan import ReadOptions, Unit
 from unidiffuser.locations import describe_error, redact
 
 
@@ -67,14 +69,32 @@ def read_input_image(
             f"record {key!r}: unit {stored.unit} of its input corpus {corpus} is not what the job read (input "
             f"hash {unit.input_hash}, the job's {stored.unit_input}): the corpus changed since the job ran"
         )
-    (table,) = read_unit(unit, planned.options)
     input_key = stored.row.get(r.INPUT_KEY) or key
-    rows = table.filter(pc.equal(table[r.KEY], input_key)).to_pylist()
-    if not rows:
+    row = _input_row(unit, input_key, planned.options)
+    if row is None:
         raise InputImageError(f"record {key!r}: no input {input_key!r} in unit {stored.unit} of {corpus}")
-    row = rows[0]
     if row[r.READ_ERROR] or row[r.IMAGE_BYTES] is None:
         reason = row[r.READ_ERROR] or "no image"
         raise InputImageError(f"record {key!r}: its input {input_key!r} in {corpus} cannot be read: {reason}")
     data: bytes = row[r.IMAGE_BYTES]
     return data
+
+
+def _input_row(unit: Unit, input_key: str, options: ReadOptions) -> dict[str, Any] | None:
+    """The record ``input_key`` of ``unit`` as its reader gives it, None when the unit has none. Where planning
+    names the record (a loose image file is its own source), only that segment is read; otherwise (a tar's keys
+    are known only by reading it) the whole unit is."""
+    named = [s for s in unit.segments if input_key in s.source.planned_keys(s.start, s.stop)]
+    if named:
+        row = _first_row([read_segment(s, options) for s in named], input_key)
+        if row is not None or len(named) == len(unit.segments):
+            return row
+    return _first_row(read_unit(unit, options), input_key)
+
+
+def _first_row(tables: list[pa.Table], key: str) -> dict[str, Any] | None:
+    for table in tables:
+        rows = table.filter(pc.equal(table[r.KEY], key)).to_pylist()
+        if rows:
+            return rows[0]
+    return None
