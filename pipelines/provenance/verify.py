@@ -210,12 +210,13 @@ def verify(
             target_problems.append(f"{redact(uri)}: no shards (parquet/, rejected/, webdataset/) to verify")
         items = (item for shard in shards for item in shard_images(fs, shard, relative(shard, path)))
     context = job or JobContext()
-    copies = ImageCopies()
+    copies = ImageCopies() if kind == "job" else None  # a record's copies are compared across a whole job
     checks = []
     for item in items:
         checks.append(check_image(item, context, trust_anchors=trust_anchors))
-        copies.add(item)
-    if kind == "job":
+        if copies is not None:
+            copies.add(item)
+    if copies is not None:
         target_problems += copies.finish()
     images = tuple(checks)
     return VerifyReport(
