@@ -64,19 +64,21 @@ def _schema(names: Sequence[str], scores: Sequence[str], *, scores_after: str) -
     return pa.schema(fields)
 
 
+_SHARD = (*_IDENTITY, *_TEXTS, *_IMAGE, r.CLIP_SCORE, r.SEED, r.MODEL_ID, r.PARAMS, r.METADATA,
+          r.IMAGE_EMBEDDING, r.TEXT_EMBEDDING)  # fmt: skip
+
+
 def shard_schema(scores: Sequence[str] = ()) -> pa.Schema:
     """An output shard: one row per written record; image columns are null for text-only outputs."""
-    names = (*_IDENTITY, *_TEXTS, *_IMAGE, r.CLIP_SCORE, r.SEED, r.MODEL_ID, r.PARAMS, r.METADATA,
-             r.IMAGE_EMBEDDING, r.TEXT_EMBEDDING)  # fmt: skip
-    return _schema(names, scores, scores_after=r.CLIP_SCORE)
+    return _schema(_SHARD, scores, scores_after=r.CLIP_SCORE)
 
 
 def rejected_schema(scores: Sequence[str] = ()) -> pa.Schema:
     """Records a rule rejected: a shard's columns (image, seed, model id, params and embeddings included, so a
     user can look at what was thrown away, search it and regenerate it) plus the reason and the rules that
     rejected it, right after the scores."""
-    names = (*_IDENTITY, *_TEXTS, *_IMAGE, r.CLIP_SCORE, r.REASON, r.REJECT_RULES, r.SEED, r.MODEL_ID, r.PARAMS,
-             r.METADATA, r.IMAGE_EMBEDDING, r.TEXT_EMBEDDING)  # fmt: skip
+    at = _SHARD.index(r.CLIP_SCORE) + 1
+    names = (*_SHARD[:at], r.REASON, r.REJECT_RULES, *_SHARD[at:])
     return _schema(names, scores, scores_after=r.CLIP_SCORE)
 
 
