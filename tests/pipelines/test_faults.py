@@ -52,13 +52,14 @@ def make_config(
     *,
     shard_size: int = 3,
     formats: tuple[str, ...] = ("parquet", "webdataset"),
+    writers: int = 1,
 ) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "input": {"kind": "prompts", "uri": str(prompts)},
             "model": {"checkpoint": checkpoint, "mode": "t2i", "steps": 2},
             "output": {"uri": str(output), "formats": list(formats), "shard_size": shard_size},
-            "resources": RESOURCES,
+            "resources": RESOURCES | {"writers": writers},
         }
     )
 
@@ -193,15 +194,15 @@ def test_100k_prompts_stream_with_bounded_driver_memory(checkpoint: str, tmp_pat
     n, width = 100_000, 2000
     rng = np.random.default_rng(0)
     words = np.array(["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(512)])
+    bodies = [" ".join(rng.choice(words, width // 8)) for _ in range(997)]  # prime: neighbours differ
     path = tmp_path / "big.txt"
-    with path.open("w") as f:
-        for i in range(n):
-            text = f"{i} " + " ".join(rng.choice(words, width // 8))
-            f.write(text[:width].ljust(width, "x") + "\n")
+    with path.open("w") as f:  # each record unique by its number
+        f.writelines(f"{i} {bodies[i % len(bodies)]}"[:width].ljust(width, "x") + "\n" for i in range(n))
     data_bytes = path.stat().st_size
     assert data_bytes >= n * width
     out = tmp_path / "out"
-    config = make_config(checkpoint, path, out, shard_size=5000, formats=("parquet",))
+    # two writers, one per core: the writer (a JPEG, its marks and its pHash per record) is this test's work
+    config = make_config(checkpoint, path, out, shard_size=5000, formats=("parquet",), writers=2)
     with PeakRss() as rss:
         report = run_pipeline(config, generate_cls=no_model_stage(), progress=False)
     output_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
