@@ -20,6 +20,10 @@ import time
 import psutil
 
 POLL_S = 0.5
+GRACE_S = 3.0
+"""How long an orphaned process has to end after SIGTERM before SIGKILL: a dead driver's cluster has nothing to
+save (committed units are on storage), and Ray 2.60's dashboard and runtime-env agents, their raylet gone, were
+still there 10 s after SIGTERM when measured."""
 
 
 def connect(address: str | None, *, dashboard: bool = False, **init_kwargs: object) -> None:
@@ -45,8 +49,9 @@ def connect(address: str | None, *, dashboard: bool = False, **init_kwargs: obje
         )
 
 
-def reap(driver: int, roots: list[int], poll_s: float = POLL_S) -> None:
-    """Wait until ``driver`` is gone, then end the process trees under ``roots`` (TERM, then KILL).
+def reap(driver: int, roots: list[int], poll_s: float = POLL_S, grace_s: float = GRACE_S) -> None:
+    """Wait until ``driver`` is gone, then end the process trees under ``roots`` (TERM, then KILL after
+    ``grace_s``).
 
     The trees are noted at every poll, so a process whose parent died first (an agent of a raylet that
     noticed the driver's end) is still known and ended."""
@@ -59,7 +64,7 @@ def reap(driver: int, roots: list[int], poll_s: float = POLL_S) -> None:
     for proc in doomed:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(doomed, timeout=10)
+    _, alive = psutil.wait_procs(doomed, timeout=grace_s)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()

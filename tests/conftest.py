@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub settings, a real S3 API (moto server) on loopback, no leaked torch threads."""
+"""Shared fixtures: offline hub settings, a real S3 API (moto server) on loopback, one local Ray for the session,
+no leaked torch threads."""
 
 from __future__ import annotations
 
@@ -67,6 +68,34 @@ def s3_endpoint() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint: str) -> Iterator[None]:
+    """A 2-CPU local Ray for the whole session, shut down after it.
+
+    It depends on ``s3_endpoint`` so that the AWS environment pointing at the loopback S3 server is set
+    before Ray starts: Ray workers inherit the environment of the moment ``ray.init`` runs.
+    """
+    import ray
+
+    if ray.is_initialized():  # started by a test that runs a job without this fixture: reuse it
+        yield
+        return
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local: None) -> str:
+    """The GCS address of the session's Ray, for a CLI subprocess to join as ``RAY_ADDRESS`` (a driver of its
+    own on a running cluster, as on a real one) instead of starting a local Ray of its own."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture(autouse=True)

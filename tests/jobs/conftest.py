@@ -57,10 +57,14 @@ def prompt_spec(tmp_path: Path, tiny_models: tuple[Path, Path]):
     return make
 
 
-def cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``unidiffuser-batch`` in a fresh process (its own local Ray), as a user does."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+def cli(
+    *args: str, check: bool = True, timeout: float = 300, ray_address: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``unidiffuser-batch`` in a fresh process, as a user does: on a local Ray of its own, or on the running
+    Ray that ``ray_address`` names (the ``ray_address`` fixture: the session's), as on a cluster."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_address or ""}
+    if ray_address is None:
+        env.pop("RAY_ADDRESS")
     proc = subprocess.run(
         [sys.executable, "-m", "jobs", *args], capture_output=True, text=True, timeout=timeout, env=env
     )

@@ -64,18 +64,22 @@ def test_validate_reports_every_problem_with_its_key_path(prompt_spec, tmp_path:
 
 
 @pytest.mark.slow
-def test_run_inspect_rerun_and_resume_report_exactly_what_each_run_did(prompt_spec, tmp_path: Path):
-    """One job through its life: plan, run, inspect, a no-op re-run, a resume after a lost commit, a changed input."""
+def test_run_inspect_rerun_and_resume_report_exactly_what_each_run_did(
+    prompt_spec, tmp_path: Path, ray_address: str
+):
+    """One job through its life: plan, run, inspect, a no-op re-run, a resume after a lost commit, a changed input.
+    Each command is a driver of its own on the session's Ray, as on a cluster (the SIGKILL test below and the
+    demo test start a local Ray, as a first run on a laptop does)."""
     import json
 
     spec = prompt_spec(n_prompts=6, shard_size=2)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\na blue square\na green triangle\na red square\na blue circle\n")
     out = tmp_path / "out"
-    plan = cli("validate", str(spec), "--plan").stdout
+    plan = cli("validate", str(spec), "--plan", ray_address=ray_address).stdout
     assert "plan: 6 records in 3 units: 0 committed and kept, 3 to run (0 of them" in plan
 
-    first = cli("run", str(spec), "--quiet")
+    first = cli("run", str(spec), "--quiet", ray_address=ray_address)
     assert "6 inputs -> 5 written, 0 rejected, 1 errored" in first.stdout  # the empty line is an error row
     ran = json.loads((out / "_summary.json").read_text())
     assert (ran["run"]["units_run"], ran["run"]["records_run"]) == (3, 6)
@@ -88,7 +92,7 @@ def test_run_inspect_rerun_and_resume_report_exactly_what_each_run_did(prompt_sp
         assert image.size[0] > 0 and image.mode == "RGB"
 
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "_summary.json"}
-    second = cli("run", str(spec), "--quiet")
+    second = cli("run", str(spec), "--quiet", ray_address=ray_address)
     assert "nothing to do: all 3 units" in second.stdout and "(0 units run, 3 skipped)" in second.stdout
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "_summary.json"}
     assert after == before  # a no-op run touches nothing but the summary
@@ -101,14 +105,16 @@ def test_run_inspect_rerun_and_resume_report_exactly_what_each_run_did(prompt_sp
     assert idle["last_work_run"] == ran["run"]  # the last run that did work is kept, not overwritten
 
     (out / "_units" / "00001.json").unlink()  # as if the run had died before committing unit 1
-    cli("run", str(spec), "--quiet")
+    cli("run", str(spec), "--quiet", ray_address=ray_address)
     resumed = json.loads((out / "_summary.json").read_text())
     assert (resumed["run"]["units_run"], resumed["run"]["records_run"]) == (1, 2)
     assert resumed["run"]["records_per_s"] == pytest.approx(2 / resumed["run"]["wall_time_s"], rel=1e-2)
     assert (resumed["written"], resumed["errored"]) == (5, 1)  # the job's totals are still the whole job's
 
     prompts.write_text("a changed first prompt\n" * 2 + "two more\n" * 4)
-    plan = cli("validate", str(spec), "--plan").stdout  # the input changed: every unit is stale
+    plan = cli(
+        "validate", str(spec), "--plan", ray_address=ray_address
+    ).stdout  # the input changed: every unit is stale
     assert "committed and kept, 3 to run (3 of them committed before but stale)" in plan
 
 
@@ -130,14 +136,16 @@ def _images_by_key(out: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_a_sigkilled_driver_leaves_no_ray_behind_and_resumes_to_exactly_the_full_set(
-    prompt_spec, tmp_path: Path
+    prompt_spec, tmp_path: Path, ray_address: str
 ):
+    """The killed run starts a local Ray of its own (what must not outlive it); the reference and the resume
+    are drivers on the session's Ray."""
     slow = {
         "steps": 30
     }  # units a second or more apart, so that the kill lands between commits even under load
     no_clip = {"enabled": False}  # the images are what is compared: no scorer actor to start three times
     reference = prompt_spec(n_prompts=12, shard_size=2, output="reference", model=slow, clip=no_clip)
-    cli("run", str(reference), "--quiet")
+    cli("run", str(reference), "--quiet", ray_address=ray_address)
     expected = _images_by_key(tmp_path / "reference")
     assert len(expected) == 12
 
@@ -163,7 +171,7 @@ def test_a_sigkilled_driver_leaves_no_ray_behind_and_resumes_to_exactly_the_full
     assert not alive, f"the local Ray outlived its driver: {[(p.pid, p.name()) for p in alive]}"
     assert not (out / "_summary.json").exists()
 
-    resumed = cli("run", str(spec), "--quiet")
+    resumed = cli("run", str(spec), "--quiet", ray_address=ray_address)
     assert "12 inputs -> 12 written" in resumed.stdout
     units_run = int(resumed.stdout.split(" units run")[0].rsplit("(", 1)[1])
     assert units_run <= 6 - committed_before_kill + 1  # at most the unit in flight is redone on top
@@ -190,8 +198,9 @@ def test_jobs_api_commands_fail_clearly_when_the_head_is_unreachable(prompt_spec
 
 
 @pytest.mark.slow
-def test_a_cluster_too_small_for_the_job_is_one_line_before_any_work(prompt_spec):
-    proc = cli("run", str(prompt_spec()), "--set", "resources.cpus_per_actor=64", check=False)
+def test_a_cluster_too_small_for_the_job_is_one_line_before_any_work(prompt_spec, ray_address: str):
+    spec = str(prompt_spec())
+    proc = cli("run", spec, "--set", "resources.cpus_per_actor=64", check=False, ray_address=ray_address)
     assert proc.returncode == 2, proc.stderr
     assert "cannot run: the cluster cannot run this job (CPU: needs 65.5, cluster has" in proc.stderr
     assert "Traceback" not in proc.stderr and "ClusterTooSmallError" not in proc.stderr

@@ -29,6 +29,7 @@ READING_START, READING_END = "<!-- readme-reading:start -->", "<!-- readme-readi
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
 def test_readme_reading_examples_run_verbatim_on_a_job_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
