@@ -216,13 +216,13 @@ def test_exact_input_duplicates_are_rejected_before_generation_and_stay_on_resum
 def test_records_close_to_a_reference_set_on_s3_are_rejected(
     models, tmp_path: Path, s3_bucket, s3fs_storage_options
 ):
+    from unidiffuser.clip_embedder import ClipEmbedder
+
     prompts = tmp_path / "p.txt"
     prompts.write_text("scene 5\nscene 6\nscene 7\n")
-    first = tmp_path / "first"
-    run_pipeline(make_config(models, prompts, first), generate_cls=planted_stage(), progress=False)
-    written = rows(first, "parquet")
-    evaluation = written["p-000000001"]["img_emb"]  # scene 6 stands for an evaluation image
-    reference = pa.table({"id": ["000000139"], "embedding": [evaluation]})
+    # scene 6's picture stands for an evaluation image, embedded by the same CLIP class the score stage uses
+    (evaluation,) = ClipEmbedder(models[1]).images([scene_image("scene 6")])
+    reference = pa.table({"id": ["000000139"], "embedding": [evaluation.tolist()]})
     uri = f"s3://{s3_bucket}/evals/coco-val2017.parquet"
     fs = fsspec.filesystem("s3", **s3fs_storage_options)
     with fs.open(uri, "wb") as f:
