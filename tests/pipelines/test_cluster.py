@@ -79,7 +79,14 @@ def node_recording_stage(record_dir: str, delay_s: float) -> type[GenerateStage]
 
 
 def _started(records: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(records.glob("*.start.json"))]
+    """The start records written so far; one still being written is read at the next poll."""
+    found = []
+    for path in sorted(records.glob("*.start.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            continue
+    return found
 
 
 def _remove_a_busy_worker(cluster: Any, workers: list, output: Path, records: Path, result: dict) -> None:
