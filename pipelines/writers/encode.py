@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -15,6 +15,7 @@ from unidiffuser.inputs import decode_image, to_rgb
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _ALIASES = {"jpeg": "jpg"}
 IMAGE_FORMATS = tuple(_PIL_FORMATS)
+LOSSLESS = frozenset({"png"})  # WebP is written lossy (with ``quality``), as JPEG is
 _EXTENSIONS = {pil: ext for ext, pil in _PIL_FORMATS.items()}
 
 
@@ -24,6 +25,9 @@ class EncodedImage:
     format: str  # file extension: "jpg", "png" or "webp"
     width: int
     height: int
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """What ``data`` decodes to, where that is known without decoding it: the array a lossless format (PNG)
+    was encoded from. None for lossy formats and for files kept as they were read."""
 
 
 def image_format(name: str) -> str:
@@ -44,7 +48,8 @@ def encode_image(pixels: np.ndarray, fmt: str = "jpg", quality: int = 95) -> Enc
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format=_PIL_FORMATS[ext], **options)
     height, width = pixels.shape[:2]
-    return EncodedImage(buffer.getvalue(), ext, int(width), int(height))
+    lossless = pixels if ext in LOSSLESS else None
+    return EncodedImage(buffer.getvalue(), ext, int(width), int(height), lossless)
 
 
 def source_image(data: bytes, fmt: str = "jpg", quality: int = 95) -> EncodedImage:

@@ -210,7 +210,8 @@ def _encode(row: dict[str, Any], output: OutputSpec, caption_image: CaptionImage
     row[r.IMAGE_FORMAT] = image.format if image else None
     row[r.WIDTH] = image.width if image else None
     row[r.HEIGHT] = image.height if image else None
-    row[r.PHASH] = phash(image.data) if image else None
+    # the marks change the file, never its pixels: a lossless image is hashed from the pixels it was encoded from
+    row[r.PHASH] = None if image is None else phash(image.data if image.pixels is None else image.pixels)
     row[r.SYNTHETIC] = synthetic_fields(mode, has_image=image is not None)
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipelines import records as r
 from pipelines import storage
+from pipelines.dedup.phash import phash
 from pipelines.pixels import to_bytes
 from pipelines.readers import read_count
 from pipelines.stages.write import write_batch
@@ -93,6 +94,9 @@ def test_encode_formats_decode_with_pil(fmt: str, pil_format: str) -> None:
     assert encoded.format == image_format(fmt)
     if fmt == "png":
         assert np.array_equal(np.asarray(decoded.convert("RGB")), pixels)
+        assert np.array_equal(encoded.pixels, pixels)  # what the file decodes to, known without decoding it
+    else:
+        assert encoded.pixels is None  # lossy: only a decode tells
 
 
 def test_encode_quality_changes_jpeg_size_and_rejects_bad_arrays() -> None:
@@ -183,6 +187,7 @@ def test_write_unit_all_formats(tmp_path: Path) -> None:
         image = Image.open(io.BytesIO(row["image"]))
         assert image.format == "PNG" and row["image_format"] == "png"
         assert np.array_equal(np.asarray(image), expected[r.OUT_PIXELS])  # png is lossless
+        assert row["phash"] == phash(row["image"])  # hashed from its pixels, the same as from the file
         assert (row["width"], row["height"]) == (24, expected[r.OUT_PIXELS].shape[0])
         assert row["seed"] == expected[r.SEED] and row["clip_score"] == pytest.approx(expected[r.CLIP_SCORE])
         assert json.loads(row["params"]) == {"steps": 2, "cfg": 7.5}

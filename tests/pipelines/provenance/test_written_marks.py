@@ -18,6 +18,7 @@ from PIL import Image
 from test_writers import unit_frame
 
 from pipelines import records as r
+from pipelines.dedup.phash import phash
 from pipelines.provenance.job_marks import JobMarks
 from pipelines.writers.unit_writer import OutputSpec, write_unit
 from unidiffuser.marks.marking import read_marks
@@ -63,6 +64,7 @@ def test_every_written_and_rejected_image_carries_its_record(tmp_path: Path, fmt
         if fmt == "png":  # lossless: marking changed no pixel
             decoded = np.asarray(Image.open(io.BytesIO(row[r.IMAGE])).convert("RGB"))
             np.testing.assert_array_equal(decoded, source)
+        assert row[r.PHASH] == phash(row[r.IMAGE])  # the pHash of the marked file as written
     tar = str(tmp_path / "webdataset" / "00000.tar")
     samples = list(wds.WebDataset(tar, shardshuffle=False, empty_check=False))
     assert len(samples) == 2
