@@ -62,9 +62,10 @@ def cli(
 ) -> subprocess.CompletedProcess:
     """Run ``unidiffuser-batch`` in a fresh process, as a user does: on a local Ray of its own, or on the running
     Ray that ``ray_address`` names (the ``ray_address`` fixture: the session's), as on a cluster."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_address or ""}
-    if ray_address is None:
-        env.pop("RAY_ADDRESS")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    if ray_address is not None:
+        env["RAY_ADDRESS"] = ray_address
     proc = subprocess.run(
         [sys.executable, "-m", "jobs", *args], capture_output=True, text=True, timeout=timeout, env=env
     )

@@ -112,9 +112,8 @@ def test_run_inspect_rerun_and_resume_report_exactly_what_each_run_did(
     assert (resumed["written"], resumed["errored"]) == (5, 1)  # the job's totals are still the whole job's
 
     prompts.write_text("a changed first prompt\n" * 2 + "two more\n" * 4)
-    plan = cli(
-        "validate", str(spec), "--plan", ray_address=ray_address
-    ).stdout  # the input changed: every unit is stale
+    # the input changed: every unit is stale
+    plan = cli("validate", str(spec), "--plan", ray_address=ray_address).stdout
     assert "committed and kept, 3 to run (3 of them committed before but stale)" in plan
 
 
