@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -18,6 +19,9 @@ from pipelines.pixels import from_bytes, to_bytes
 from unidiffuser.config import EngineConfig, Mode, ModeInput
 from unidiffuser.results import Result
 
+if TYPE_CHECKING:
+    from unidiffuser.engine import UniDiffuserEngine
+
 log = logging.getLogger(__name__)
 
 
@@ -26,24 +30,7 @@ class GenerateStage:
 
     def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
         """``checkpoint_identity`` pins the checkpoint version the job was planned with."""
-        # torch and the engine (diffusers, transformers) load in the actor: the driver that plans the job
-        # imports this class, never the model
-        import torch
-
-        from unidiffuser.engine import UniDiffuserEngine
-
         self.config = config
-        if config.device == "cpu":
-            torch.set_num_threads(config.resources.engine_threads)  # a CPU record's output depends on it
-        engine_config = EngineConfig.build(
-            **config.model.sampling_values(), device=config.device, batch_size=config.resources.batch_size
-        )
-        self.engine = UniDiffuserEngine.from_pretrained(
-            config.model.checkpoint,
-            engine_config,
-            storage_options=config.storage.storage_options(),
-            identity=checkpoint_identity,
-        )
         self.mode = config.model.mode
         self.params = json.dumps(
             {
@@ -52,6 +39,29 @@ class GenerateStage:
                 if k not in ("checkpoint", "model_id")
             },
             sort_keys=True,
+        )
+        self.engine = self.load_engine(checkpoint_identity)
+
+    def load_engine(self, checkpoint_identity: str | None) -> UniDiffuserEngine:
+        """The job's engine on its device, at the checkpoint version the job was planned with (the one
+        place a stage loads a model: a subclass that makes its records otherwise overrides this)."""
+        # torch and the engine (diffusers, transformers) load in the actor: the driver that plans the job
+        # imports this class, never the model
+        import torch
+
+        from unidiffuser.engine import UniDiffuserEngine
+
+        config = self.config
+        if config.device == "cpu":
+            torch.set_num_threads(config.resources.engine_threads)  # a CPU record's output depends on it
+        engine_config = EngineConfig.build(
+            **config.model.sampling_values(), device=config.device, batch_size=config.resources.batch_size
+        )
+        return UniDiffuserEngine.from_pretrained(
+            config.model.checkpoint,
+            engine_config,
+            storage_options=config.storage.storage_options(),
+            identity=checkpoint_identity,
         )
 
     def _results(self, rows: pd.DataFrame) -> list[Result]:

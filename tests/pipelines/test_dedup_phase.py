@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from stand_in_engines import SCENE, SceneEngine, scene_image, stage_with
 
 from jobs.inspect_output import duplicate_groups, inspect_output
 from jobs.validate import preflight
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 RESOURCES = {"cpus_per_actor": 0.5, "clip_cpus_per_actor": 0.5, "writer_cpus": 0.5, "preprocess_cpus": 0.5}
 THRESHOLD = 0.9999
-SCENE = re.compile(r"scene\s+(\d+)", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +44,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(write_tiny_checkpoint(root / "unidiffuser", version=1)), str(write_tiny_clip(root / "clip"))
 
 
-def scene_image(prompt: str) -> np.ndarray:
-    """A 64 px picture that depends only on the scene number in ``prompt``."""
-    rng = np.random.default_rng(int(SCENE.search(prompt).group(1)))
-    image = np.zeros((64, 64, 3), np.uint8)
-    image[:] = rng.integers(0, 256, 3)
-    x, y = rng.integers(0, 40, 2)
-    image[y : y + 24, x : x + 24] = rng.integers(0, 256, 3)
-    return image
-
-
 def planted_stage(record_dir: str | None = None) -> type[GenerateStage]:
     """Generates each record's image from its prompt's scene (and notes how many records it was given)."""
 
-    class PlantedStage(GenerateStage):
+    class PlantedStage(stage_with(SceneEngine())):
         def _results(self, rows: pd.DataFrame) -> list[Result]:
             if record_dir is not None:
                 Path(record_dir, f"{int(rows['unit'].iloc[0]):05d}").write_text(str(len(rows)))
-            return [Result(image=scene_image(p)) for p in rows["prompt"]]
+            return super()._results(rows)
 
     return PlantedStage
 

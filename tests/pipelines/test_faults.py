@@ -22,11 +22,11 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from stand_in_engines import FlatEngine, RaisingEngine, stage_with
 
 from pipelines.config import PipelineConfig
 from pipelines.run import run_pipeline
 from pipelines.stages.generate import GenerateStage
-from unidiffuser import Result
 from unidiffuser.tiny import write_tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -144,23 +144,6 @@ def test_generate_actor_crash_is_retried_without_duplicates(checkpoint: str, tmp
 # --- 100 000 records, bounded driver memory ------------------------------------------------------------------
 
 
-def no_model_stage() -> type[GenerateStage]:
-    """A GenerateStage that loads no engine and returns a fixed 8x8 image per record (the stage's own
-    bookkeeping still runs)."""
-    tiny = np.full((8, 8, 3), 127, np.uint8)
-
-    class NoModelStage(GenerateStage):
-        def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
-            self.config = config
-            self.mode = config.model.mode
-            self.params = json.dumps({"steps": config.model.steps})
-
-        def _results(self, rows: pd.DataFrame) -> list[Result]:
-            return [Result(image=tiny) for _ in range(len(rows))]
-
-    return NoModelStage
-
-
 class PeakRss:
     """The driver's peak RSS, sampled every 10 ms in a thread, relative to the RSS at start."""
 
@@ -204,7 +187,7 @@ def test_100k_prompts_stream_with_bounded_driver_memory(checkpoint: str, tmp_pat
     # two writers, one per core: the writer (a JPEG, its marks and its pHash per record) is this test's work
     config = make_config(checkpoint, path, out, shard_size=5000, formats=("parquet",), writers=2)
     with PeakRss() as rss:
-        report = run_pipeline(config, generate_cls=no_model_stage(), progress=False)
+        report = run_pipeline(config, generate_cls=stage_with(FlatEngine()), progress=False)
     output_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     mib = 1 << 20
     message = (
@@ -267,25 +250,6 @@ def test_engine_failures_on_some_records_become_error_rows(checkpoint: str, tmp_
     assert sum(report.summary["error_reasons"].values()) == 2
 
 
-def raising_engine_stage(poison: str) -> type[GenerateStage]:
-    """No model: an engine whose ``run`` raises (instead of returning error results) for a batch with ``poison``."""
-
-    class RaisingEngine:
-        def run(self, inputs, seeds, mode=None):
-            if any(poison in p for p in inputs):
-                raise KeyError(f"simulated engine bug on {poison!r}")
-            return [Result(image=np.zeros((64, 64, 3), np.uint8)) for _ in inputs]
-
-    class RaisingEngineStage(GenerateStage):
-        def __init__(self, config: PipelineConfig, checkpoint_identity: str | None = None):
-            self.config = config
-            self.mode = config.model.mode
-            self.params = "{}"
-            self.engine = RaisingEngine()
-
-    return RaisingEngineStage
-
-
 @pytest.mark.slow
 def test_engine_that_raises_for_a_batch_yields_error_rows_not_a_crashed_job(
     checkpoint: str, tmp_path: Path
@@ -295,7 +259,7 @@ def test_engine_that_raises_for_a_batch_yields_error_rows_not_a_crashed_job(
     out = tmp_path / "out"
     run_pipeline(
         make_config(checkpoint, tmp_path / "p.txt", out, shard_size=2),
-        generate_cls=raising_engine_stage("POISON"),
+        generate_cls=stage_with(RaisingEngine("POISON")),
         progress=False,
     )
     found = outcome_keys(out)

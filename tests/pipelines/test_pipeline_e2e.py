@@ -23,9 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
+from stand_in_engines import SeededEngine, stage_with
 
 from pipelines.config import PipelineConfig
 from pipelines.run import RunReport, plan_job, run_pipeline
+from pipelines.stages.generate import GenerateStage
 from unidiffuser.tiny import write_tiny_checkpoint, write_tiny_clip
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
@@ -165,8 +167,11 @@ def make_config(
     )
 
 
-def run(config: PipelineConfig) -> RunReport:
-    return run_pipeline(config, progress=False)
+def run(config: PipelineConfig, *, model: bool = True) -> RunReport:
+    """Run the job; ``model=False`` with a stand-in engine (records from their seeds) for tests whose claims
+    are about planning and resume, not about what the model makes."""
+    generate_cls = GenerateStage if model else stage_with(SeededEngine())
+    return run_pipeline(config, generate_cls=generate_cls, progress=False)
 
 
 def image_bytes(size: tuple[int, int], color: Any, *, fmt: str = "PNG", mode: str = "RGB") -> bytes:
@@ -758,7 +763,7 @@ def test_output_of_another_plan_is_redone_not_trusted(
     assert [m["records"] for m in base_run.out.markers.values()][:2] == [3, 3]
     # another plan (a shard size of 2) and another configuration (no CLIP scorer, so no embeddings output)
     config = make_config(models, mode="t2i", input=base_run.input, output=str(root), shard_size=2, clip=False)
-    report = run(config)  # no old unit is trusted
+    report = run(config, model=False)  # no old unit is trusted
     assert (report.units_skipped, report.units_run) == (0, report.units_total)
     out = verify_output(
         read_tree(str(root), {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path, clip=False
@@ -768,12 +773,12 @@ def test_output_of_another_plan_is_redone_not_trusted(
     reseeded = make_config(
         models, mode="t2i", input=base_run.input, output=str(root), shard_size=2, seed=5, clip=False
     )
-    assert run(reseeded).units_skipped == 0
-    again = run(reseeded)
+    assert run(reseeded, model=False).units_skipped == 0
+    again = run(reseeded, model=False)
     assert not again.did_model_work and again.units_skipped == again.units_total
     # back to the first plan, which has fewer units: the extra units of the shard-size-2 runs are removed
     first_plan = make_config(models, mode="t2i", input=base_run.input, output=str(root))
-    back = run(first_plan)
+    back = run(first_plan, model=False)
     assert back.units_total < report.units_total and back.units_run == back.units_total
     out = verify_output(read_tree(str(root), {}), mode="t2i", expected_keys=base_run.keys, tmp_path=tmp_path)
     assert set(out.files) == set(base_run.out.files), "files of units outside the plan were left behind"
@@ -807,22 +812,22 @@ def test_a_changed_input_redoes_the_units_whose_records_changed(
     config = make_config(
         models, mode="t2i", input={"kind": "prompts", "uri": str(folder)}, output=out_uri, clip=False
     )
-    assert run(config).units_total == 2
+    assert run(config, model=False).units_total == 2
     put("b", "a blue")  # sorts between a and c: unit 1 now holds b's records, unit 2 c's
-    report = run(config)
+    report = run(config, model=False)
     assert (report.units_total, report.units_skipped, report.units_run) == (3, 1, 2)
     keys = prompt_keys("a", 3) | prompt_keys("b", 3) | prompt_keys("c", 3)
     out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp_path, clip=False)
     assert (out.summary["units_redone"], out.summary["units_removed"]) == (1, 0)  # unit 1 (c -> b); 2 is new
     assert prompts_written(out)["b-000000001"] == "a blue shape 1 on a grey background"
     put("c", "a green")  # rewritten in place, as many lines: only its unit is redone
-    report = run(config)
+    report = run(config, model=False)
     assert (report.units_skipped, report.units_run) == (2, 1)
     out = verify_output(read_tree(out_uri, {}), mode="t2i", expected_keys=keys, tmp_path=tmp_path, clip=False)
     assert [prompts_written(out)[f"c-{i:09d}"] for i in range(3)] == [
         f"a green shape {i} on a grey background" for i in range(3)
     ]
-    assert not run(config).did_model_work
+    assert not run(config, model=False).did_model_work
 
 
 def test_a_replaced_checkpoint_or_clip_model_redoes_every_unit(
@@ -836,17 +841,17 @@ def test_a_replaced_checkpoint_or_clip_model_redoes_every_unit(
     out_uri = str(tmp_path / "out")
     config = make_config((str(checkpoint), str(clip)), mode="joint", input={"kind": "count", "count": 4},
                          output=out_uri, shard_size=2)  # fmt: skip
-    assert run(config).units_run == 2
-    assert not run(config).did_model_work
+    assert run(config, model=False).units_run == 2
+    assert not run(config, model=False).did_model_work
 
     def rewritten(path: Path) -> None:  # same bytes, new mtime: what a new upload of the file looks like
         stat = path.stat()
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
 
     rewritten(checkpoint / "unet" / "diffusion_pytorch_model.safetensors")
-    report = run(config)
+    report = run(config, model=False)
     assert (report.units_skipped, report.units_run) == (0, 2)
-    assert not run(config).did_model_work
+    assert not run(config, model=False).did_model_work
     # a new CLIP model: the plan alone shows it, every unit is stale (the redo itself is shown above)
     rewritten(clip / "config.json")
     _, plan = plan_job(config)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from stand_in_engines import PhotoEngine, stage_with
 
 from jobs.cli import main
 from pipelines import records as r
@@ -27,9 +27,7 @@ from pipelines.config import PipelineConfig
 from pipelines.provenance.verify import check_image, verify
 from pipelines.provenance.verify_targets import ImageItem, JobContext
 from pipelines.run import run_pipeline
-from pipelines.stages.generate import GenerateStage
 from shapes.photos import photo_like
-from unidiffuser import Result
 from unidiffuser.marks.marking import mark_image, read_marks
 from unidiffuser.tiny import write_tiny_checkpoint
 
@@ -334,13 +332,6 @@ def test_an_input_image_must_carry_no_synthetic_mark(job_output: Path) -> None:
 # --- a watermarked, C2PA-signed job -------------------------------------------------------------------------
 
 
-class PhotoStage(GenerateStage):
-    """Generates a 256 px photo-like image per record (the watermark needs 256 x 256 px)."""
-
-    def _results(self, rows: pd.DataFrame) -> list[Result]:
-        return [Result(image=photo_like(256, 256, seed=int(seed) % 1000)) for seed in rows[r.SEED]]
-
-
 @pytest.fixture(scope="module")
 def pem_files(tmp_path_factory: pytest.TempPathFactory, credentials, root_ca, other_ca) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("pki")
@@ -358,7 +349,7 @@ def signed_output(
     out = root / "out"
     c2pa = {"certificate": str(pem_files["chain"]), "private_key": str(pem_files["key"])}
     config = _config(checkpoint, _prompts(root), out, watermark=True, c2pa=c2pa)
-    run_pipeline(config, generate_cls=PhotoStage, progress=False)
+    run_pipeline(config, generate_cls=stage_with(PhotoEngine()), progress=False)
     return out
 
 
