@@ -1,6 +1,6 @@
 """A multi-node ``ray.cluster_utils.Cluster`` (head + 2 CPU worker nodes, 100 MiB object stores each): work
 is spread over nodes, and a job still ends complete and without duplicates when a worker node that runs a
-UniDiffuser actor is removed mid-run. One job shows both: the spread from the generate calls that started
+generate actor is removed mid-run. One job shows both: the spread from the generate calls that started
 before the removal (the healthy cluster), the completeness from its output.
 
 The cluster runs in a subprocess (this file run as a script) with its own ``RAY_TMPDIR``: the session's
@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from stand_in_engines import FlatEngine, stage_with
 
 from pipelines.config import PipelineConfig
 from pipelines.stages.generate import GenerateStage
@@ -56,9 +57,10 @@ def make_config(checkpoint: str, prompts: Path, output: Path) -> PipelineConfig:
 
 
 def node_recording_stage(record_dir: str, delay_s: float) -> type[GenerateStage]:
-    """A GenerateStage that writes one file per call naming the node (and process) that ran it."""
+    """A stand-in generate stage (no model: the claims are about where work runs and what survives a lost node)
+    that writes one file per call naming the node (and process) that ran it."""
 
-    class NodeRecordingStage(GenerateStage):
+    class NodeRecordingStage(stage_with(FlatEngine(64))):
         def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
             import ray
 

@@ -104,9 +104,9 @@ def assert_each_key_once(found: dict[str, list[str]], expected: list[str]) -> No
 
 
 def crash_once_stage(flag_dir: str, crash_unit: int) -> type[GenerateStage]:
-    """A GenerateStage that kills its actor process the first time it is handed ``crash_unit``."""
+    """A stand-in generate stage that kills its actor process the first time it is handed ``crash_unit``."""
 
-    class CrashOnceStage(GenerateStage):
+    class CrashOnceStage(stage_with(FlatEngine(64))):
         def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
             unit = int(batch["unit"].iloc[0])
             Path(flag_dir, f"call-{unit:05d}-{uuid.uuid4().hex}").touch()
@@ -294,9 +294,9 @@ def test_a_checkpoint_replaced_after_planning_fails_the_actor_loudly(checkpoint:
 
 
 def slow_recording_stage(record_dir: str, delay_s: float) -> type[GenerateStage]:
-    """A GenerateStage that takes ``delay_s`` per unit and notes when it started each one."""
+    """A stand-in generate stage that takes ``delay_s`` per unit and notes when it started each one."""
 
-    class SlowRecordingStage(GenerateStage):
+    class SlowRecordingStage(stage_with(FlatEngine(64))):
         def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
             unit = int(batch["unit"].iloc[0])
             Path(record_dir, f"{unit:05d}.start").write_text(repr(time.time()))
